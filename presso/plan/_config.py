@@ -1,0 +1,280 @@
+"""Plan dataclasses. Every value is checked in ``__post_init__``; errors name the field,
+the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from presso.errors import PressoError
+
+KEEP_BITS = 16
+"""``bits: 16`` keeps a layer's weights unquantized, in the model's own dtype."""
+
+BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, KEEP_BITS)
+UNSTRUCTURED = "unstructured"
+_N_M = re.compile(r"^(\d+):(\d+)$")
+
+
+class PruneCriterion(str, Enum):
+    """How weights are ranked for pruning."""
+
+    MAGNITUDE = "magnitude"  # |W|, layer-wise
+    WANDA = "wanda"  # |W| * ||X_j||_2 per output row (Sun et al., 2023)
+
+
+def parse_structure(structure: str) -> tuple[int, int] | None:
+    """``"unstructured"`` -> ``None``; ``"2:4"`` -> ``(2, 4)`` (keep N of every M inputs)."""
+    if structure == UNSTRUCTURED:
+        return None
+    match = _N_M.match(str(structure))
+    if not match:
+        raise PressoError(
+            f"sparsity.structure: got {structure!r}; allowed: 'unstructured' or 'N:M' such as '2:4' (keep N of every M)"
+        )
+    n, m = int(match.group(1)), int(match.group(2))
+    if not 0 < n < m <= 64:
+        raise PressoError(f"sparsity.structure: 'N:M' needs 0 < N < M <= 64, got {structure!r}")
+    return n, m
+
+
+def _check_type(where: str, value, types, allowed: str):
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise PressoError(f"{where}: got {value!r}; allowed: {allowed}")
+    if not isinstance(value, types):
+        raise PressoError(f"{where}: got {value!r} ({type(value).__name__}); allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Pruning of one module's weight.
+
+    Args:
+        amount: fraction of weights set to zero, in [0, 1). For ``N:M`` it is implied
+            (``(M - N) / M``) and may be left out.
+        structure: ``"unstructured"`` or ``"N:M"`` (keep N of every M consecutive inputs).
+    """
+
+    amount: float = 0.0
+    structure: str = UNSTRUCTURED
+
+    def __post_init__(self):
+        _check_type("sparsity.amount", self.amount, (int, float), "a number in [0, 1)")
+        if not (0.0 <= self.amount < 1.0) or math.isnan(self.amount):
+            raise PressoError(f"sparsity.amount: got {self.amount!r}; allowed: a fraction in [0, 1)")
+        n_m = parse_structure(self.structure)
+        if n_m is not None:
+            implied = (n_m[1] - n_m[0]) / n_m[1]
+            if self.amount == 0.0:
+                object.__setattr__(self, "amount", implied)
+            elif abs(self.amount - implied) > 1e-9:
+                raise PressoError(
+                    f"sparsity.amount: got {self.amount!r} with structure {self.structure!r}, "
+                    f"which implies {implied!r}; leave amount out for N:M"
+                )
+        object.__setattr__(self, "amount", float(self.amount))
+
+    @property
+    def n_m(self) -> tuple[int, int] | None:
+        return parse_structure(self.structure)
+
+    @property
+    def active(self) -> bool:
+        return self.amount > 0.0
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """Round-to-nearest weight quantization with integer codes.
+
+    Args:
+        bits: code width; one of 2-8, or 16 to keep the weights unquantized.
+        group_size: inputs sharing one scale (and zero point); 0 means one group per
+            output channel. Must divide the layer's input width.
+        symmetric: codes centred on zero (no zero point) instead of asymmetric min/max.
+    """
+
+    bits: int = KEEP_BITS
+    group_size: int = 0
+    symmetric: bool = False
+
+    def __post_init__(self):
+        _check_type("quant.bits", self.bits, int, f"one of {list(BITS_ALLOWED)}")
+        if self.bits not in BITS_ALLOWED:
+            raise PressoError(f"quant.bits: got {self.bits!r}; allowed: {list(BITS_ALLOWED)} (16 keeps the weights)")
+        _check_type("quant.group_size", self.group_size, int, "0 (per channel) or a positive integer such as 32, 64, 128")
+        if self.group_size < 0:
+            raise PressoError(
+                f"quant.group_size: got {self.group_size!r}; allowed: 0 (per channel) or a positive integer such as 32, 64, 128"
+            )
+        _check_type("quant.symmetric", self.symmetric, bool, "true or false")
+
+    @property
+    def active(self) -> bool:
+        return self.bits != KEEP_BITS
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """A LoRA adapter trained during recovery; kept in full precision.
+
+    Args:
+        rank: LoRA rank; 0 means no adapter.
+        alpha: LoRA scaling numerator; defaults to ``2 * rank``.
+    """
+
+    rank: int = 0
+    alpha: float | None = None
+
+    def __post_init__(self):
+        _check_type("adapter.rank", self.rank, int, "an integer >= 0 (0 = no adapter)")
+        if self.rank < 0:
+            raise PressoError(f"adapter.rank: got {self.rank!r}; allowed: an integer >= 0 (0 = no adapter)")
+        if self.alpha is not None:
+            _check_type("adapter.alpha", self.alpha, (int, float), "a positive number")
+            if not self.alpha > 0:
+                raise PressoError(f"adapter.alpha: got {self.alpha!r}; allowed: a positive number")
+            object.__setattr__(self, "alpha", float(self.alpha))
+
+    @property
+    def active(self) -> bool:
+        return self.rank > 0
+
+    @property
+    def effective_alpha(self) -> float:
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+
+@dataclass(frozen=True)
+class LayerConfig:
+    """Everything done to one module: prune, then quantize, then (optionally) an adapter."""
+
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+
+    def __post_init__(self):
+        for name, cls in (("sparsity", SparsityConfig), ("quant", QuantConfig), ("adapter", AdapterConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise PressoError(f"layer.{name}: got {getattr(self, name)!r}; allowed: a {cls.__name__}")
+
+    @property
+    def is_identity(self) -> bool:
+        return not (self.sparsity.active or self.quant.active or self.adapter.active)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Recovery fine-tuning of the adapters: distillation from the uncompressed model.
+
+    Args:
+        steps: optimizer steps (0 = adapters stay at their zero initialisation).
+        lr: AdamW learning rate.
+        batch_size: sequences per step.
+    """
+
+    steps: int = 0
+    lr: float = 1e-4
+    batch_size: int = 4
+
+    def __post_init__(self):
+        _check_type("recovery.steps", self.steps, int, "an integer >= 0")
+        if self.steps < 0:
+            raise PressoError(f"recovery.steps: got {self.steps!r}; allowed: an integer >= 0")
+        _check_type("recovery.lr", self.lr, (int, float), "a positive number such as 1e-4")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise PressoError(f"recovery.lr: got {self.lr!r}; allowed: a positive finite number such as 1e-4")
+        object.__setattr__(self, "lr", float(self.lr))
+        _check_type("recovery.batch_size", self.batch_size, int, "an integer >= 1")
+        if self.batch_size < 1:
+            raise PressoError(f"recovery.batch_size: got {self.batch_size!r}; allowed: an integer >= 1")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A compression plan: per-module configs plus global settings.
+
+    ``layers`` maps a module's fully qualified name, or ``"re:<regex>"``, to its
+    :class:`LayerConfig`. An exact name wins over patterns; among patterns the first one
+    (in order) whose regex fully matches the name wins. Modules that no key matches stay
+    untouched. (The dict is not copied; treat it as read-only.)
+
+    Example::
+
+        plan = Plan(layers={"model.layers.0.mlp.up_proj": LayerConfig(quant=QuantConfig(bits=4, group_size=32))})
+    """
+
+    layers: dict[str, LayerConfig] = field(default_factory=dict)
+    model: str | None = None
+    criterion: PruneCriterion = PruneCriterion.MAGNITUDE
+    calibration_samples: int = 32
+    calibration_seq_len: int = 128
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    seed: int = 0
+
+    def __post_init__(self):
+        if not isinstance(self.layers, dict):
+            raise PressoError(f"plan.layers: got {type(self.layers).__name__}; allowed: a mapping of module name -> layer config")
+        for key, cfg in self.layers.items():
+            if not isinstance(key, str) or not key:
+                raise PressoError(f"plan.layers: key {key!r} is not a module name or 're:<regex>'")
+            if key.startswith("re:"):
+                try:
+                    re.compile(key[3:])
+                except re.error as exc:
+                    raise PressoError(f"plan.layers: key {key!r} is not a valid regex ({exc})") from None
+            if not isinstance(cfg, LayerConfig):
+                raise PressoError(f"plan.layers[{key!r}]: got {cfg!r}; allowed: a LayerConfig")
+        try:
+            object.__setattr__(self, "criterion", PruneCriterion(self.criterion))
+        except ValueError:
+            allowed = [c.value for c in PruneCriterion]
+            raise PressoError(f"plan.criterion: got {self.criterion!r}; allowed: {allowed}") from None
+        for name, low in (("calibration_samples", 1), ("calibration_seq_len", 8)):
+            value = getattr(self, name)
+            _check_type(f"plan.{name}", value, int, f"an integer >= {low}")
+            if value < low:
+                raise PressoError(f"plan.{name}: got {value!r}; allowed: an integer >= {low}")
+        _check_type("plan.seed", self.seed, int, "an integer")
+        if self.model is not None and not isinstance(self.model, str):
+            raise PressoError(f"plan.model: got {self.model!r}; allowed: a model reference string")
+        if not isinstance(self.recovery, RecoveryConfig):
+            raise PressoError(f"plan.recovery: got {self.recovery!r}; allowed: a RecoveryConfig")
+
+    def config_for(self, module_name: str) -> LayerConfig | None:
+        """The config that applies to ``module_name`` under the precedence rule, or None."""
+        if module_name in self.layers:
+            return self.layers[module_name]
+        for key, cfg in self.layers.items():
+            if key.startswith("re:") and re.fullmatch(key[3:], module_name):
+                return cfg
+        return None
+
+    def resolve(self, module_names) -> dict[str, LayerConfig]:
+        """Map each of ``module_names`` that the plan covers to its config (identity configs dropped).
+
+        Raises:
+            PressoError: an exact key names no module in ``module_names``.
+        """
+        names = list(module_names)
+        known = set(names)
+        for key in self.layers:
+            if not key.startswith("re:") and key not in known:
+                sample = ", ".join(names[:5])
+                raise PressoError(f"plan.layers: module {key!r} is not in the model; modules look like: {sample}")
+        resolved = {}
+        for name in names:
+            cfg = self.config_for(name)
+            if cfg is not None and not cfg.is_identity:
+                resolved[name] = cfg
+        return resolved
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
+
+    @property
+    def needs_recovery(self) -> bool:
+        return self.recovery.steps > 0 and any(c.adapter.active for c in self.layers.values())

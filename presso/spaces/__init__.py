@@ -1,0 +1,27 @@
+"""Declared search spaces (data only: stdlib and PyYAML, never torch or a sampler).
+
+A YAML file names groups of modules by pattern and, per group, the choices; binding a space
+to a model's module names gives units of modules that share choices; ``BoundSpace.sample``
+turns answers to ``ask(name, domain)`` into a :class:`presso.plan.Plan`.
+"""
+
+from presso.spaces._builtin import builtin_space_path, builtin_spaces
+from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange
+from presso.spaces._space import CHOICE_KEYS, TIES, BoundSpace, Group, SearchSpace, Unit, load_space
+
+__all__ = [
+    "CHOICE_KEYS",
+    "TIES",
+    "BoundSpace",
+    "Choice",
+    "Domain",
+    "FloatRange",
+    "Fixed",
+    "Group",
+    "IntRange",
+    "SearchSpace",
+    "Unit",
+    "builtin_space_path",
+    "builtin_spaces",
+    "load_space",
+]
