@@ -1,0 +1,183 @@
+"""The study file: what to search, how, and where results go. CLI flags override its values."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import yaml
+
+from presso.errors import PressoError, check_keys, did_you_mean
+
+DEFAULT_DIR = "presso-runs"
+DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/studies.db"
+DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR}/mlflow.db"
+SAMPLERS = ("nsga2", "tpe", "gp", "random", "uniform")
+BACKENDS = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Text used to score trials: documents from ``text``, split so calibration and
+    evaluation never overlap."""
+
+    text: str = "builtin:lee"
+    eval_fraction: float = 0.25
+    sequences: int = 8
+    seq_len: int = 128
+    labels_csv: str | None = None
+
+    def __post_init__(self):
+        for name, low in (("sequences", 1), ("seq_len", 8)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise PressoError(f"study.eval.{name}: got {value!r}; allowed: an integer >= {low}")
+        if not isinstance(self.eval_fraction, (int, float)) or not 0 < self.eval_fraction < 1:
+            raise PressoError(f"study.eval.eval_fraction: got {self.eval_fraction!r}; allowed: a fraction in (0, 1)")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-trial resources (used by the Ray backend)."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self):
+        for name in ("cpus", "gpus"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise PressoError(f"study.resources.{name}: got {value!r}; allowed: a number >= 0 (fractions allowed)")
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """A study, as written in the study YAML file.
+
+    Example::
+
+        name: smollm2-demo
+        model: builtin:smollm2-135m
+        space: builtin:smollm2-135m
+        objectives: [ppl_ratio, size_fraction]
+        constraints: ["ppl_ratio <= 2.0"]
+        trials: 30
+    """
+
+    name: str = "presso-study"
+    model: str = "builtin:smollm2-135m"
+    space: object = "builtin:smollm2-135m"  # a builtin:, a path, or an inline mapping
+    objectives: tuple[str, ...] = ("ppl_ratio", "size_fraction")
+    constraints: tuple[str, ...] = ()
+    sampler: str = "nsga2"
+    trials: int = 30
+    seed: int = 0
+    device: str = "auto"
+    storage: str = DEFAULT_STORAGE
+    tracking_uri: str | None = DEFAULT_TRACKING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    backend: str = "local"
+    workers: int = 1
+    ray_address: str | None = None
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_concurrent: int = 2
+    heartbeat_s: int = 10
+    grace_s: int = 30
+    trust_remote_code: bool = False
+    warm_start: bool = True
+    base_dir: str = "."  # where relative paths in the file are resolved; not a user key
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise PressoError(f"study.name: got {self.name!r}; allowed: a non-empty string")
+        if not isinstance(self.model, str) or not self.model:
+            raise PressoError(f"study.model: got {self.model!r}; allowed: a model reference such as 'builtin:smollm2-135m'")
+        objectives = self.objectives
+        if isinstance(objectives, str):
+            objectives = (objectives,)
+        if not objectives or not all(isinstance(o, str) for o in objectives):
+            raise PressoError(f"study.objectives: got {self.objectives!r}; allowed: a non-empty list of objective names")
+        if len(set(objectives)) != len(objectives):
+            raise PressoError(f"study.objectives: each objective may appear once, got {list(objectives)!r}")
+        object.__setattr__(self, "objectives", tuple(objectives))
+        constraints = self.constraints or ()
+        if isinstance(constraints, str):
+            constraints = (constraints,)
+        object.__setattr__(self, "constraints", tuple(constraints))
+        if self.sampler not in SAMPLERS:
+            raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}; allowed: {list(SAMPLERS)}")
+        if self.backend not in BACKENDS:
+            raise PressoError(f"study.backend: got {self.backend!r}{did_you_mean(self.backend, BACKENDS)}; allowed: {list(BACKENDS)}")
+        for name, low in (("trials", 1), ("workers", 1), ("max_concurrent", 1), ("heartbeat_s", 1), ("grace_s", 2)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise PressoError(f"study.{name}: got {value!r}; allowed: an integer >= {low}")
+        if self.grace_s <= self.heartbeat_s:
+            raise PressoError(f"study.grace_s: got {self.grace_s!r}; it must exceed heartbeat_s ({self.heartbeat_s})")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise PressoError(f"study.seed: got {self.seed!r}; allowed: an integer")
+        if not isinstance(self.storage, str) or "://" not in self.storage:
+            raise PressoError(
+                f"study.storage: got {self.storage!r}; allowed: an SQLAlchemy URL such as 'sqlite:///presso.db' "
+                "or 'postgresql+psycopg://user@host/db'"
+            )
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.base_dir)
+
+    def resolve_path(self, value: str) -> str:
+        """Paths in the study file are relative to the file's folder."""
+        if value.startswith(("builtin:", "tiny:")) or os.path.isabs(value):
+            return value
+        candidate = self.directory / value
+        return str(candidate) if candidate.exists() else value
+
+    def with_overrides(self, **overrides) -> StudyConfig:
+        """A copy with the non-None values of ``overrides`` (from CLI flags) applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data.pop("base_dir")
+        data["objectives"] = list(self.objectives)
+        data["constraints"] = list(self.constraints)
+        return data
+
+
+_KEYS = [f.name for f in fields(StudyConfig) if f.name != "base_dir"]
+
+
+def study_from_dict(data, base_dir: str = ".") -> StudyConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PressoError(f"study: got {type(data).__name__}; allowed: a mapping with keys {', '.join(_KEYS)}")
+    check_keys("study", data, _KEYS)
+    data = dict(data)
+    if "eval" in data:
+        raw = data["eval"] or {}
+        if not isinstance(raw, dict):
+            raise PressoError(f"study.eval: got {raw!r}; allowed: a mapping with keys {', '.join(f.name for f in fields(EvalConfig))}")
+        check_keys("study.eval", raw, [f.name for f in fields(EvalConfig)])
+        data["eval"] = EvalConfig(**raw)
+    if "resources" in data:
+        raw = data["resources"] or {}
+        if not isinstance(raw, dict):
+            raise PressoError(f"study.resources: got {raw!r}; allowed: a mapping with keys cpus, gpus")
+        check_keys("study.resources", raw, ["cpus", "gpus"])
+        data["resources"] = ResourcesConfig(**raw)
+    return StudyConfig(base_dir=base_dir, **data)
+
+
+def load_study_file(path: str | os.PathLike) -> StudyConfig:
+    """Parse a study YAML file (``safe_load`` only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PressoError(f"study file: {str(path)!r} does not exist or is not a file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PressoError(f"study file {str(path)!r}: not valid YAML: {' '.join(str(exc).split())}") from None
+    return study_from_dict(data, base_dir=str(path.parent))

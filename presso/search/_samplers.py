@@ -1,0 +1,68 @@
+"""Sampler registry: name -> factory. ``uniform`` walks the uniform plans of the space
+(enqueued as trials) and then falls back to random sampling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from presso.errors import PressoError, did_you_mean
+
+SamplerFactory = Callable[[int, int], object]  # (seed, n_objectives) -> optuna sampler
+_SAMPLERS: dict[str, SamplerFactory] = {}
+
+
+def register_sampler(name: str):
+    def decorate(factory: SamplerFactory) -> SamplerFactory:
+        if name in _SAMPLERS:
+            raise ValueError(f"sampler {name!r} is already registered")
+        _SAMPLERS[name] = factory
+        return factory
+
+    return decorate
+
+
+def make_sampler(name: str, seed: int, n_objectives: int):
+    if name not in _SAMPLERS:
+        raise PressoError(f"sampler: got {name!r}{did_you_mean(name, _SAMPLERS)}; allowed: {sorted(_SAMPLERS)}")
+    return _SAMPLERS[name](seed, n_objectives)
+
+
+def sampler_names() -> list[str]:
+    return sorted(_SAMPLERS)
+
+
+@register_sampler("nsga2")
+def _nsga2(seed, n_objectives):
+    import optuna
+
+    # Small populations: a study here runs tens of trials, not thousands.
+    return optuna.samplers.NSGAIISampler(population_size=10, seed=seed)
+
+
+@register_sampler("tpe")
+def _tpe(seed, n_objectives):
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+
+
+@register_sampler("gp")
+def _gp(seed, n_objectives):
+    import optuna
+
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10)
+
+
+@register_sampler("random")
+def _random(seed, n_objectives):
+    import optuna
+
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@register_sampler("uniform")
+def _uniform(seed, n_objectives):
+    import optuna
+
+    # The uniform plans themselves are enqueued by the driver; this samples past the grid.
+    return optuna.samplers.RandomSampler(seed=seed)
