@@ -94,7 +94,4 @@ def pareto_rows(study, rows: list[TrialRow] | None = None) -> list[TrialRow]:
     rows = trial_rows(study) if rows is None else rows
     names, directions = objective_names(study), objective_directions(study)
     candidates = [r for r in rows if r.state == "COMPLETE" and r.feasible and all(n in r.values for n in names)]
-    points = [[r.values[n] for n in names] for r in candidates]
-    front = pareto_front(points, directions)
-    chosen = {i for i in front}
-    return [r for i, r in enumerate(candidates) if i in chosen]
+    return pareto_front(candidates, directions, key=lambda r: [r.values[n] for n in names])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +36,16 @@ def _check_url(url: str) -> None:
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
 
+def quiet_optuna_warnings() -> None:
+    """Heartbeats and the retry callback are marked experimental, and Optuna warns that
+    heartbeats are meant for ``Study.optimize``; Presso drives ask/tell with its own heartbeat
+    thread (see :func:`heartbeat`), so these warnings say nothing useful to a user."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
 def open_storage(url: str, *, heartbeat_s: int = 10, grace_s: int = 30, max_retry: int = 3):
     """Open (creating tables if needed) the study store at ``url``.
 
@@ -44,8 +55,8 @@ def open_storage(url: str, *, heartbeat_s: int = 10, grace_s: int = 30, max_retr
     import optuna
     from sqlalchemy.exc import SQLAlchemyError
 
+    quiet_optuna_warnings()
     _check_url(url)
-    engine_kwargs = {}
     if url.startswith("sqlite"):
         # Several local workers share one SQLite file: wait for the write lock instead of
         # failing with "database is locked" (PostgreSQL is the store for real concurrency).

@@ -1,0 +1,297 @@
+"""The ``presso`` command line.
+
+Every command prints one clear line and exits non-zero on bad input (a ``PressoError``);
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+
+from presso.errors import PressoError
+
+EXIT_USAGE = 2
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _study_config(args):
+    from presso.search import StudyConfig, load_study_file
+
+    config = load_study_file(args.study_file) if getattr(args, "study_file", None) else StudyConfig()
+    overrides = {
+        "name": getattr(args, "study", None),
+        "storage": getattr(args, "storage", None),
+        "tracking_uri": getattr(args, "tracking_uri", None),
+        "sampler": getattr(args, "sampler", None),
+        "seed": getattr(args, "seed", None),
+        "trials": getattr(args, "trials", None),
+        "device": getattr(args, "device", None),
+        "model": getattr(args, "model", None),
+        "backend": getattr(args, "backend", None),
+        "workers": getattr(args, "workers", None),
+        "ray_address": getattr(args, "ray_address", None),
+    }
+    if getattr(args, "no_tracking", False):
+        overrides["tracking_uri"] = None
+    config = config.with_overrides(**overrides)
+    if getattr(args, "no_tracking", False):
+        from dataclasses import replace
+
+        config = replace(config, tracking_uri=None)
+    return config
+
+
+def _storage_arg(args) -> str:
+    if args.storage:
+        return args.storage
+    if getattr(args, "study_file", None):
+        return _study_config(args).storage
+    from presso.search import DEFAULT_STORAGE
+
+    return DEFAULT_STORAGE
+
+
+def cmd_run(args) -> int:
+    from presso.search import run_study
+
+    config = _study_config(args)
+    observers = []
+    if config.tracking_uri:
+        from presso.search.tracking import MlflowTracker
+
+        observers.append(MlflowTracker(config.tracking_uri, config.name))
+    from presso.search._storage import redact
+
+    print(f"study {config.name!r}: {config.trials} trials on {config.model} with {config.sampler}; "
+          f"store {redact(config.storage)}" + (f"; MLflow {redact(config.tracking_uri)}" if config.tracking_uri else ""))
+    if config.backend == "ray":
+        from presso.search.ray_backend import run_study_ray
+
+        summary = run_study_ray(config, observers=observers, progress=not args.no_progress)
+    elif config.workers > 1:
+        from presso.search.workers import run_study_workers
+
+        summary = run_study_workers(config, observers=observers, progress=not args.no_progress)
+    else:
+        summary = run_study(config, observers=observers, progress=not args.no_progress)
+    state = "interrupted; run the same command again to resume" if summary.interrupted else "done"
+    print(f"study {summary.study_name!r} {state}: {summary.counted}/{config.trials} trials "
+          f"({summary.complete} complete, {summary.failed} failed), Pareto front of {summary.pareto_size}")
+    if not summary.interrupted:
+        _print_front(config.name, config.storage, "table")
+    return 130 if summary.interrupted else 0
+
+
+def _print_front(study_name: str, storage: str, fmt: str) -> None:
+    from presso.search import load_existing_study, pareto_table
+
+    study = load_existing_study(study_name, storage)
+    print(pareto_table(study, fmt))
+
+
+def cmd_status(args) -> int:
+    from presso.search import load_existing_study, pareto_table, status_counts
+    from presso.search._records import study_info
+
+    storage = _storage_arg(args)
+    study = load_existing_study(args.study, storage)
+    counts = status_counts(study)
+    info = study_info(study)
+    print(f"study {args.study!r}: budget {info.get('trials', '?')} trials, model {info.get('model', '?')}, "
+          f"sampler {info.get('sampler', '?')}")
+    print("  ".join(f"{state.lower()} {count}" for state, count in counts.items()))
+    print(pareto_table(study, "table"))
+    tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None)
+    from presso.search import DEFAULT_TRACKING
+
+    print(f"MLflow: run `presso ui{' --tracking-uri ' + tracking if tracking else ''}` and open http://127.0.0.1:5000 "
+          f"(experiment {args.study!r}; store {tracking or DEFAULT_TRACKING})")
+    print(f"Optuna dashboard: optuna-dashboard {storage}")
+    return 0
+
+
+def cmd_pareto(args) -> int:
+    _print_front(args.study, _storage_arg(args), args.format)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from presso.search import export_plan, load_existing_study
+
+    study = load_existing_study(args.study, _storage_arg(args))
+    row, path = export_plan(study, args.pick, args.output, force=args.force)
+    shown = ", ".join(f"{k}={v:.6g}" for k, v in row.values.items())
+    print(f"exported trial {row.number} ({shown}) to {path}")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    from presso.plan import load_plan
+    from presso.search import apply_plan
+
+    plan = load_plan(args.plan)
+    config = _study_config(args) if args.study_file else None
+    report = apply_plan(plan, args.out, model=args.model, config=config, force=args.force, device=args.device)
+    print(f"saved {args.out}: predicted {report.predicted_bytes:,} bytes, on disk {report.on_disk_bytes:,} bytes "
+          f"({report.on_disk_bytes / report.dense_bytes:.1%} of the dense model's {report.dense_bytes:,})")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from presso.search import evaluate_saved
+
+    config = _study_config(args) if args.study_file else None
+    values = evaluate_saved(args.directory, config=config, device=args.device)
+    if args.format == "json":
+        print(json.dumps(values, indent=1))
+    else:
+        width = max(len(k) for k in values)
+        for name, value in values.items():
+            print(f"{name:<{width}}  {value:.6g}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from presso.models import BUILTIN_MODELS
+    from presso.spaces import builtin_spaces
+
+    for spec in BUILTIN_MODELS.values():
+        print(f"{spec.ref:<22} {spec.task:<10} {spec.description}\n{'':<33} source: {spec.source}")
+    print("\nbuilt-in spaces: " + ", ".join(builtin_spaces()))
+    print("anything else: a local Hugging Face model folder, or a hub name (needs a network)")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from presso.search import DEFAULT_TRACKING
+    from presso.search.tracking import start_ui
+
+    tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None) or DEFAULT_TRACKING
+    return start_ui(tracking, port=args.port, host=args.host)
+
+
+def cmd_sync(args) -> int:
+    from presso.search import DEFAULT_TRACKING, load_existing_study
+    from presso.search.tracking import sync_study
+
+    study = load_existing_study(args.study, _storage_arg(args))
+    tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None) or DEFAULT_TRACKING
+    result = sync_study(study, tracking)
+    print(result if isinstance(result, str) else f"synced study {args.study!r} to {tracking}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="presso", description="Search non-uniform compression plans for transformer models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def store_flags(p, study_required=True):
+        p.add_argument("--study", required=study_required, help="study name")
+        p.add_argument("--storage", help="SQLAlchemy URL of the study store (default: sqlite:///presso-runs/studies.db)")
+        p.add_argument("--study-file", help="study YAML (for its storage, tracking and evaluation settings)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI")
+
+    run = sub.add_parser("run", help="run or resume a study")
+    run.add_argument("study_file", nargs="?", help="study YAML (default: the built-in SmolLM2 study)")
+    run.add_argument("--trials", type=int, help="trial budget")
+    run.add_argument("--study", help="study name")
+    run.add_argument("--storage", help="SQLAlchemy URL of the study store")
+    run.add_argument("--tracking-uri", help="MLflow tracking URI")
+    run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    run.add_argument("--sampler", help="nsga2, tpe, gp, random or uniform")
+    run.add_argument("--seed", type=int)
+    run.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    run.add_argument("--model", help="model reference (overrides the study file)")
+    run.add_argument("--backend", help="local or ray")
+    run.add_argument("--workers", type=int, help="local worker processes sharing the store")
+    run.add_argument("--ray-address", help="address of an existing Ray cluster")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+
+    status = sub.add_parser("status", help="trial counts and the Pareto front")
+    store_flags(status)
+    status.set_defaults(func=cmd_status)
+
+    pareto = sub.add_parser("pareto", help="the Pareto front")
+    store_flags(pareto)
+    pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.set_defaults(func=cmd_pareto)
+
+    export = sub.add_parser("export", help="write the plan of one front trial")
+    store_flags(export)
+    export.add_argument("--pick", required=True, help='rule, e.g. "min size_bytes where ppl_ratio <= 1.10"')
+    export.add_argument("-o", "--output", required=True, help="plan file to write (.yaml or .json)")
+    export.add_argument("--force", action="store_true", help="overwrite an existing file")
+    export.set_defaults(func=cmd_export)
+
+    apply = sub.add_parser("apply", help="compress a model with a plan and save it")
+    apply.add_argument("plan", help="plan file (from presso export)")
+    apply.add_argument("--out", required=True, help="directory to write")
+    apply.add_argument("--model", help="model reference (default: the plan's)")
+    apply.add_argument("--study-file", help="study YAML whose text settings to use")
+    apply.add_argument("--device", default="cpu")
+    apply.add_argument("--force", action="store_true", help="replace an existing directory")
+    apply.set_defaults(func=cmd_apply)
+
+    evaluate = sub.add_parser("evaluate", help="score a saved compressed model")
+    evaluate.add_argument("directory")
+    evaluate.add_argument("--study-file", help="study YAML whose objectives and text to use")
+    evaluate.add_argument("--format", choices=("table", "json"), default="table")
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    models = sub.add_parser("models", help="the built-in offline models")
+    models.set_defaults(func=cmd_models)
+
+    ui = sub.add_parser("ui", help="start the MLflow UI over the tracking store")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--tracking-uri")
+    ui.add_argument("--study-file")
+    ui.set_defaults(func=cmd_ui)
+
+    sync = sub.add_parser("sync", help="backfill MLflow from the study store")
+    store_flags(sync)
+    sync.set_defaults(func=cmd_sync)
+    return parser
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries()
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        return args.func(args) or 0
+    except PressoError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Search: the only package that imports Optuna, Ray and MLflow.
+
+``run_study(config)`` drives an Optuna study in a SQL store; ``presso.search.tracking`` follows
+it in MLflow; ``presso.search.ray_backend`` runs trials on a Ray cluster.
+"""
+
+from presso.search._config import (
+    BACKENDS,
+    DEFAULT_STORAGE,
+    DEFAULT_TRACKING,
+    SAMPLERS,
+    EvalConfig,
+    ResourcesConfig,
+    StudyConfig,
+    load_study_file,
+    study_from_dict,
+)
+from presso.search._driver import RunSummary, load_existing_study, open_study, run_study
+from presso.search._evaluator import Evaluator, Outcome, apply_plan, evaluate_saved
+from presso.search._observer import StudyObserver
+from presso.search._records import TrialRow, pareto_rows, trial_rows
+from presso.search._results import export_plan, pareto_table, status_counts
+from presso.search._samplers import make_sampler, register_sampler, sampler_names
+from presso.search._storage import open_storage, redact
+from presso.search.optuna_space import suggest
+
+__all__ = [
+    "BACKENDS",
+    "DEFAULT_STORAGE",
+    "DEFAULT_TRACKING",
+    "SAMPLERS",
+    "EvalConfig",
+    "Evaluator",
+    "Outcome",
+    "ResourcesConfig",
+    "RunSummary",
+    "StudyConfig",
+    "StudyObserver",
+    "TrialRow",
+    "apply_plan",
+    "evaluate_saved",
+    "export_plan",
+    "load_existing_study",
+    "load_study_file",
+    "make_sampler",
+    "open_storage",
+    "open_study",
+    "pareto_rows",
+    "pareto_table",
+    "redact",
+    "register_sampler",
+    "run_study",
+    "sampler_names",
+    "status_counts",
+    "study_from_dict",
+    "suggest",
+    "trial_rows",
+]

@@ -1,0 +1,271 @@
+"""Per-worker evaluation: everything that can be computed once per process is computed once.
+
+An :class:`Evaluator` loads the model, the text, the dense model's reference outputs and the
+calibration statistics once; :meth:`Evaluator.evaluate` then compresses an in-memory copy of
+the pristine model with one plan and scores it. ``apply_plan`` and ``evaluate_saved`` reuse
+the same pieces, so an exported plan reproduces its trial's values exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from presso.errors import PressoError
+from presso.search._config import EvalConfig, StudyConfig
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    name: str
+    direction: str
+    unit: str
+
+
+@dataclass
+class Outcome:
+    """One trial's result: objective values, extra metrics and timings (seconds)."""
+
+    values: dict[str, float]
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def default_objectives(task: str) -> tuple[str, ...]:
+    return ("ppl_ratio", "size_fraction") if task == "causal-lm" else ("embedding_cosine", "size_fraction")
+
+
+class TextData:
+    """Calibration and evaluation tokens, cut from disjoint documents."""
+
+    def __init__(self, tokenizer, eval_config: EvalConfig):
+        from presso.data import load_documents, split_documents, token_batches
+
+        self.tokenizer = tokenizer
+        documents = load_documents(eval_config.text)
+        self.calibration_docs, eval_docs = split_documents(documents, eval_config.eval_fraction)
+        self.eval_ids = token_batches(tokenizer, eval_docs, eval_config.sequences, eval_config.seq_len)
+        self._calibration: dict[tuple[int, int], object] = {}
+
+    def calibration_ids(self, samples: int, seq_len: int):
+        from presso.data import token_batches
+        from presso.objectives import assert_disjoint
+
+        key = (samples, seq_len)
+        if key not in self._calibration:
+            ids = token_batches(self.tokenizer, self.calibration_docs, samples, seq_len)
+            if seq_len == self.eval_ids.shape[1]:
+                assert_disjoint(ids, self.eval_ids)
+            self._calibration[key] = ids
+        return self._calibration[key]
+
+
+class CompressionAssets:
+    """Calibration statistics and teacher outputs of the dense model, built on first need and
+    shared by every later trial with the same calibration settings."""
+
+    def __init__(self, dense, text: TextData):
+        self.dense, self.text = dense, text
+        self._stats: dict[tuple[int, int], object] = {}
+        self._teachers: dict[tuple[int, int], object] = {}
+
+    def kwargs_for(self, plan) -> dict:
+        from presso.compress import TeacherCache, collect_calibration
+
+        key = (plan.calibration_samples, plan.calibration_seq_len)
+        kwargs = {}
+        if plan.needs_calibration:
+            if key not in self._stats:
+                self._stats[key] = collect_calibration(self.dense, self.text.calibration_ids(*key))
+            kwargs["calibration"] = self._stats[key]
+        if plan.needs_recovery:
+            if key not in self._teachers:
+                self._teachers[key] = TeacherCache.build(self.dense, self.text.calibration_ids(*key))
+            kwargs["teacher"] = self._teachers[key]
+        return kwargs
+
+    def compress(self, plan):
+        """A compressed copy of the dense model, and the compression result."""
+        import torch
+
+        from presso.compress import compress_
+
+        started = time.perf_counter()
+        model = copy.deepcopy(self.dense)
+        copy_s = time.perf_counter() - started
+        kwargs = self.kwargs_for(plan)
+        torch.manual_seed(plan.seed)
+        result = compress_(model, plan, **kwargs)
+        result.timings["copy_s"] = copy_s
+        return model, result
+
+
+def _objectives_for(names, task: str):
+    from presso.objectives import get_objective
+
+    objectives = []
+    for name in names:
+        objective = get_objective(name)
+        tasks = [getattr(t, "value", t) for t in getattr(objective, "tasks", ())]
+        if tasks and task not in tasks:
+            raise PressoError(f"objectives: {name!r} does not apply to a {task} model; it applies to: {', '.join(tasks)}")
+        objectives.append(objective)
+    return objectives
+
+
+def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig):
+    from presso.objectives import EvalContext, load_labelled_csv
+
+    labelled = load_labelled_csv(eval_config.labels_csv) if eval_config.labels_csv else None
+    return EvalContext(task=loaded.task, device=device, input_ids=text.eval_ids, tokenizer=loaded.tokenizer,
+                       dense_model=loaded.model, labelled=labelled)
+
+
+class Evaluator:
+    """Scores plans for one study in one worker process.
+
+    Args:
+        config: the study settings (model, space, objectives, constraints, text, device).
+        loaded: an already loaded model to reuse (tests, benchmarks); loaded from
+            ``config.model`` when None.
+    """
+
+    def __init__(self, config: StudyConfig, loaded=None):
+        from presso.compress import compressible_modules
+        from presso.models import load_model, resolve_device
+        from presso.objectives import check_constraints, parse_constraint, prepare_all
+        from presso.spaces import load_space
+
+        started = time.perf_counter()
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.loaded = loaded or load_model(config.model, device=self.device, trust_remote_code=config.trust_remote_code)
+        self.loaded.model.to(self.device)
+        space_source = config.space if isinstance(config.space, dict) else config.resolve_path(str(config.space))
+        self.space = load_space(space_source)
+        self.space_dict = self.space.to_dict()
+        self.module_names = list(compressible_modules(self.loaded.model))
+        self.bound = self.space.bind(self.module_names)
+        self.objectives = _objectives_for(config.objectives, self.loaded.task)
+        self.objective_specs = [
+            ObjectiveSpec(o.name, getattr(o.direction, "value", o.direction), o.unit) for o in self.objectives
+        ]
+        known = [*config.objectives, *METRIC_NAMES]
+        self.constraints = [parse_constraint(text, known=known) for text in config.constraints]
+        check_constraints(self.constraints, known)
+        self.text = TextData(self.loaded.tokenizer, config.eval)
+        self.assets = CompressionAssets(self.loaded.model, self.text)
+        self.context = _eval_context(self.loaded, self.text, self.device, config.eval)
+        prepare_all(self.objectives, self.context)
+        self.setup_s = time.perf_counter() - started
+
+    def evaluate(self, plan, number: int | None = None) -> Outcome:
+        """Compress a pristine copy with ``plan`` and measure every objective.
+
+        Raises:
+            PressoError: the plan does not fit the model, or an objective is not finite.
+        """
+        from presso.objectives import TrialContext, measure_all
+
+        model, result = self.assets.compress(plan)
+        try:
+            started = time.perf_counter()
+            size = result.size
+            trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
+            values = measure_all(self.objectives, model, self.context, trial)
+            evaluate_s = time.perf_counter() - started
+        finally:
+            del model
+        metrics = size_metrics(result)
+        timings = {"copy_s": result.timings.get("copy_s", 0.0), "compress_s": result.timings.get("total_s", 0.0),
+                   "evaluate_s": evaluate_s}
+        for key in ("prune_s", "quant_s", "recovery_s"):
+            if key in result.timings:
+                timings[key] = result.timings[key]
+        return Outcome(values={k: float(v) for k, v in values.items()}, metrics=metrics, timings=timings)
+
+
+def dense_nbytes(model) -> int:
+    """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
+    from presso.compress._size import unique_state
+
+    unique, _ = unique_state(model)
+    return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+METRIC_NAMES = ("size_bytes", "dense_bytes", "covered_fraction", "mean_bits", "mean_sparsity")
+
+
+def size_metrics(result) -> dict[str, float]:
+    size = result.size
+    layers = result.plan.layers.values()
+    bits = [c.quant.bits for c in layers] or [16]
+    sparsity = [c.sparsity.amount for c in layers] or [0.0]
+    return {
+        "size_bytes": float(size.file_bytes),
+        "dense_bytes": float(size.dense_bytes),
+        "covered_fraction": float(size.covered_fraction),
+        "mean_bits": sum(bits) / len(bits),
+        "mean_sparsity": sum(sparsity) / len(sparsity),
+    }
+
+
+@dataclass
+class ApplyReport:
+    predicted_bytes: int
+    on_disk_bytes: int
+    dense_bytes: int
+
+
+def apply_plan(plan, out_dir, *, model: str | None = None, config: StudyConfig | None = None,
+               force: bool = False, device: str = "cpu") -> ApplyReport:
+    """Compress a model with ``plan`` exactly as a study trial did, and save it to ``out_dir``.
+
+    The calibration text comes from ``config.eval`` (the study file) or the defaults, so an
+    exported plan applied with its study's settings reproduces the trial bit for bit.
+    """
+    from presso.compress import save_compressed
+    from presso.models import load_model
+
+    ref = model or plan.model or (config.model if config else None)
+    if not ref:
+        raise PressoError("apply: the plan names no model; pass --model REF (see `presso models`)")
+    out = Path(out_dir)
+    if out.exists() and not force:
+        raise PressoError(f"apply: {str(out)!r} already exists; pass --force to replace it")
+    eval_config = config.eval if config else EvalConfig()
+    loaded = load_model(ref, device=device, trust_remote_code=bool(config and config.trust_remote_code))
+    assets = CompressionAssets(loaded.model, TextData(loaded.tokenizer, eval_config))
+    compressed, result = assets.compress(plan)
+    saved = save_compressed(compressed, result, loaded.tokenizer, out, force=force)
+    return ApplyReport(predicted_bytes=saved.predicted_bytes, on_disk_bytes=saved.on_disk_bytes,
+                       dense_bytes=result.size.dense_bytes)
+
+
+def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str = "cpu") -> dict[str, float]:
+    """Score a saved compressed model with the study's objectives (or the task's defaults).
+
+    The dense model named in the saved plan provides the reference outputs; sizes are read
+    from the files on disk. Checksums are verified on load.
+    """
+    from presso.compress import load_compressed
+    from presso.models import load_model
+    from presso.objectives import TrialContext, measure_all, prepare_all
+
+    model, tokenizer, plan = load_compressed(directory, device=device)
+    if not plan.model and not config:
+        raise PressoError(f"evaluate: the plan in {str(directory)!r} names no model; pass --study-file")
+    ref = plan.model or config.model
+    dense = load_model(ref, device=device)
+    names = config.objectives if config else default_objectives(dense.task)
+    eval_config = config.eval if config else EvalConfig()
+    objectives = _objectives_for(names, dense.task)
+    text = TextData(dense.tokenizer, eval_config)
+    context = _eval_context(dense, text, device, eval_config)
+    prepare_all(objectives, context)
+    weights = Path(directory) / "model.safetensors"
+    trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
+    values = measure_all(objectives, model, context, trial)
+    return {k: float(v) for k, v in values.items()}
