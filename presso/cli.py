@@ -291,6 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line, not a traceback, unless --debug
+        if args.debug:
+            raise
+        from presso.search._storage import redact
+
+        message = " ".join(str(exc).split())[:300]
+        print(f"error: {type(exc).__name__}: {redact(message)} (run `presso --debug ...` for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
