@@ -53,6 +53,10 @@ def _study_config(args):
         from dataclasses import replace
 
         config = replace(config, tracking_uri=None)
+    if getattr(args, "warm_start_from", None):
+        from dataclasses import replace
+
+        config = replace(config, warm_start=replace(config.warm_start, from_study=args.warm_start_from))
     return config
 
 
@@ -74,7 +78,7 @@ def cmd_run(args) -> int:
     if config.tracking_uri:
         from presso.search.tracking import MlflowTracker
 
-        observers.append(MlflowTracker(config.tracking_uri, config.name))
+        observers.append(MlflowTracker(config.tracking_uri))
     from presso.search._storage import redact
 
     print(f"study {config.name!r}: {config.trials} trials on {config.model} with {config.sampler}; "
@@ -118,10 +122,11 @@ def cmd_status(args) -> int:
     print(pareto_table(study, "table"))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None)
     from presso.search import DEFAULT_TRACKING
+    from presso.search._storage import redact
 
-    print(f"MLflow: run `presso ui{' --tracking-uri ' + tracking if tracking else ''}` and open http://127.0.0.1:5000 "
-          f"(experiment {args.study!r}; store {tracking or DEFAULT_TRACKING})")
-    print(f"Optuna dashboard: optuna-dashboard {storage}")
+    print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open "
+          f"http://127.0.0.1:5000 (experiment {args.study!r}; store {redact(tracking or DEFAULT_TRACKING)})")
+    print(f"Optuna dashboard: optuna-dashboard {redact(storage)}")
     return 0
 
 
@@ -191,8 +196,10 @@ def cmd_sync(args) -> int:
 
     study = load_existing_study(args.study, _storage_arg(args))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None) or DEFAULT_TRACKING
+    from presso.search._storage import redact
+
     result = sync_study(study, tracking)
-    print(result if isinstance(result, str) else f"synced study {args.study!r} to {tracking}")
+    print(f"synced study {args.study!r} to {redact(tracking)}: {result}")
     return 0
 
 
@@ -221,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", help="local or ray")
     run.add_argument("--workers", type=int, help="local worker processes sharing the store")
     run.add_argument("--ray-address", help="address of an existing Ray cluster")
+    run.add_argument("--warm-start-from", metavar="STUDY",
+                     help="start a new study from the Pareto front of STUDY (same store unless the study file's "
+                          "warm_start.from_storage says otherwise)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
 

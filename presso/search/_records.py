@@ -19,6 +19,10 @@ Trial user attributes:
 - ``failure``: one-line reason when the trial failed (counts towards the budget);
 - ``interrupted``: set when the run was stopped during the trial (not counted, retried);
 - ``cancelled``: set on a surplus trial another worker's trial made unnecessary (PRUNED, not counted).
+- ``low_values``: multi-fidelity: the values on the short text (every trial that had a
+  low-fidelity look); a trial stopped there is PRUNED, counts towards the budget, and also has
+  ``promotion`` (``dominated_by``, ``compared_with``, ``max_dominated``, ``warmup``, ``promoted``);
+- ``seeded``: ``uniform``, ``sensitivity`` or ``from_study`` on warm-start plans.
 
 Constraint values go through ``trial.set_constraint`` (<= 0 is feasible).
 """
@@ -47,14 +51,21 @@ class TrialRow:
 
     @property
     def counted(self) -> bool:
-        """Whether the trial uses up budget: complete, or failed for a reason of its own."""
-        return self.state == "COMPLETE" or (self.state == "FAIL" and self.failure is not None)
+        """Whether the trial uses up budget: complete, failed for a reason of its own, or
+        stopped after its low-fidelity look (multi-fidelity)."""
+        return (self.state == "COMPLETE" or (self.state == "FAIL" and self.failure is not None)
+                or (self.state == "PRUNED" and "low_values" in self.user_attrs))
 
 
 def row_from_trial(trial) -> TrialRow:
     attrs = dict(trial.user_attrs)
-    constraints = [v for k, v in trial.system_attrs.items() if k.startswith("constraints")] if trial.system_attrs else []
-    feasible = all(float(v) <= 0.0 for v in constraints) if constraints else True
+    constraints: list[float] = []
+    for key, value in (trial.system_attrs or {}).items():
+        if key.startswith("constraints:"):  # Optuna 5: one attribute per trial.set_constraint
+            constraints.append(float(value))
+        elif key == "constraints" and isinstance(value, (list, tuple)):  # older constraints_func format
+            constraints.extend(float(v) for v in value)
+    feasible = all(v <= 0.0 for v in constraints)
     return TrialRow(
         number=trial.number,
         state=trial.state.name,

@@ -29,8 +29,10 @@ PREVIOUS_TAG = "presso.previous_run_id"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
 NOTE_TAG = "mlflow.note.content"
+SOURCE_TAGS = {"mlflow.source.name": "presso", "mlflow.source.type": "LOCAL"}
 
-# Optuna state -> MLflow run status. PRUNED only happens to cancelled surplus trials.
+# Optuna state -> MLflow run status. PRUNED: a cancelled surplus trial (KILLED), or a
+# multi-fidelity trial stopped after its short-text look (FINISHED, see trial_payload).
 _STATUS = {"COMPLETE": "FINISHED", "FAIL": "FAILED", "PRUNED": "KILLED", "RUNNING": "RUNNING", "WAITING": "SCHEDULED"}
 FINISHED_STATES = ("COMPLETE", "FAIL", "PRUNED")
 
@@ -171,9 +173,12 @@ def trial_payload(row: TrialRow, trial, objectives: list[str], groups: GroupInde
     """
     attrs = row.user_attrs
     interrupted, cancelled = bool(attrs.get("interrupted")), bool(attrs.get("cancelled"))
+    low_values = attrs.get("low_values") if isinstance(attrs.get("low_values"), Mapping) else None
     status = _STATUS.get(row.state, "FAILED")
     if row.state == "FAIL" and (interrupted or row.failure is None):
         status = "KILLED"  # stopped by the user or a dead worker, not a bad plan; it is retried
+    if row.state == "PRUNED" and low_values is not None:
+        status = "FINISHED"  # multi-fidelity: measured on the short text only, and not promoted
 
     summary = plan_summary(row.plan, groups)
     params = {mlflow_key(k): _cut(_fmt(v) if isinstance(v, float) else v, MAX_PARAM_CHARS) for k, v in summary.items()}
@@ -191,6 +196,8 @@ def trial_payload(row: TrialRow, trial, objectives: list[str], groups: GroupInde
         metrics[mlflow_key(f"timing.{key}")] = value
     for key, value in _floats(getattr(trial, "constraints", None) or {}).items():
         metrics[mlflow_key(f"constraint.{key}")] = value
+    for key, value in _floats(low_values).items():
+        metrics[mlflow_key(f"low.{key}")] = value
     for key in ("sparsity_mean", "bits_mean"):
         if isinstance(summary.get(key), float):
             metrics[f"plan.{key}"] = summary[key]
@@ -202,6 +209,7 @@ def trial_payload(row: TrialRow, trial, objectives: list[str], groups: GroupInde
         STATE_TAG: row.state,
         PARETO_TAG: "true" if on_front else "false",
         "presso.feasible": "true" if row.feasible else "false",
+        **SOURCE_TAGS,
     }
     if row.failure:
         tags[FAILURE_TAG] = _cut(" ".join(str(row.failure).split()), MAX_TAG_CHARS)
@@ -210,6 +218,13 @@ def trial_payload(row: TrialRow, trial, objectives: list[str], groups: GroupInde
         tags["presso.interrupted"] = "true"
     if cancelled:
         tags["presso.cancelled"] = "true"
+    if low_values is not None:
+        tags["presso.fidelity"] = "low" if row.state == "PRUNED" else "full"
+        promotion = attrs.get("promotion")
+        if isinstance(promotion, Mapping) and "promoted" in promotion:
+            tags["presso.promoted"] = "true" if promotion["promoted"] else "false"
+    if attrs.get("seeded"):
+        tags["presso.seeded"] = _cut(attrs["seeded"], 250)
     if attrs.get("worker"):
         tags["presso.worker"] = _cut(attrs["worker"], 250)
     start_ms, end_ms = to_ms(row.datetime_start), to_ms(row.datetime_complete)
