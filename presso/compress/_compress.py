@@ -1,0 +1,229 @@
+"""``compress_``: apply a :class:`~presso.plan.Plan` to a model in place."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from presso.compress._adapters import inject_adapters, recover_
+from presso.compress._calibration import CalibrationStats, TeacherCache
+from presso.compress._modules import compressible_modules
+from presso.compress._prune import mask_from_ranks, prune_mask
+from presso.compress._quant import dequantize, quantize
+from presso.compress._size import SizeReport, predict_size
+from presso.errors import PressoError
+from presso.plan import LayerConfig, Plan, PruneCriterion
+
+_COMPRESSED_FLAG = "_presso_compressed"
+
+
+@dataclass
+class CompressedModule:
+    """What was done to one Linear, with the integer tensors needed to store it.
+
+    Attributes:
+        name: the module's fully qualified name.
+        config: the layer config applied.
+        shape: ``(out_features, in_features)``.
+        dtype: the weight's dtype.
+        bits: code width, or ``None`` when the weight is not quantized.
+        group_size: inputs per quantization group (0 = per output channel).
+        symmetric: symmetric codes (no stored zero points).
+        mask: ``bool [out, in]`` keep-mask when pruned, else ``None``.
+        codes: ``uint8 [out, in]`` unpacked codes when quantized (packing happens on save).
+        scales: ``float16 [out, groups]`` when quantized.
+        zeros: ``uint8 [out, groups]`` zero points when quantized asymmetrically.
+        n_kept: weights not pruned.
+    """
+
+    name: str
+    config: LayerConfig
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    bits: int | None = None
+    group_size: int = 0
+    symmetric: bool = False
+    mask: torch.Tensor | None = None
+    codes: torch.Tensor | None = None
+    scales: torch.Tensor | None = None
+    zeros: torch.Tensor | None = None
+    n_kept: int = 0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights pruned."""
+        return 1.0 - self.n_kept / (self.shape[0] * self.shape[1])
+
+
+@dataclass
+class CompressionResult:
+    """What :func:`compress_` did.
+
+    Attributes:
+        plan: the plan applied.
+        modules: ``{fqn: CompressedModule}`` for every module the plan touched.
+        adapters: ``{fqn: (rank, alpha)}`` of the LoRA adapters injected.
+        timings: seconds spent in ``prune_s``, ``quant_s``, ``recovery_s`` and ``total_s``.
+        recovery_losses: distillation loss at each recovery step (empty without recovery).
+        size: predicted stored size (without tokenizer files; see :func:`predict_size`).
+    """
+
+    plan: Plan
+    modules: dict[str, CompressedModule] = field(default_factory=dict)
+    adapters: dict[str, tuple[int, float]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    recovery_losses: list[float] = field(default_factory=list)
+    size: SizeReport | None = None
+
+
+def _divisors(n: int) -> list[int]:
+    """Common group sizes that divide ``n`` (powers of two from 8), else ``[n]``."""
+    return [d for d in (8, 16, 32, 64, 128, 256) if n % d == 0] or [n]
+
+
+def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
+    """Resolve ``plan`` against ``model`` and check every layer config fits its module.
+
+    Returns:
+        ``{fqn: LayerConfig}`` for the modules the plan touches, in model order.
+
+    Raises:
+        PressoError: a key names no module, or a config does not fit (the message names the
+            module, field, value and what is allowed).
+    """
+    if not isinstance(plan, Plan):
+        raise PressoError(f"plan: got {type(plan).__name__}; allowed: a presso.plan.Plan")
+    modules = compressible_modules(model)
+    resolved = plan.resolve(modules)
+    for name, cfg in resolved.items():
+        linear = modules[name]
+        in_f, out_f = linear.in_features, linear.out_features
+        where = f"plan.layers[{name!r}]"
+        g = cfg.quant.group_size
+        if cfg.quant.active and g and in_f % g:
+            raise PressoError(
+                f"{where}.quant.group_size: got {g} for in_features={in_f}; allowed: 0 (per channel) "
+                f"or a divisor of {in_f} such as {_divisors(in_f)}"
+            )
+        n_m = cfg.sparsity.n_m
+        if n_m is not None and in_f % n_m[1]:
+            raise PressoError(
+                f"{where}.sparsity.structure: got {cfg.sparsity.structure!r} for in_features={in_f}; "
+                f"allowed: N:M with M dividing {in_f}"
+            )
+        if cfg.adapter.rank > min(in_f, out_f):
+            raise PressoError(
+                f"{where}.adapter.rank: got {cfg.adapter.rank} for a {out_f}x{in_f} layer; "
+                f"allowed: 0 to {min(in_f, out_f)}"
+            )
+    return resolved
+
+
+def compress_(
+    model: nn.Module,
+    plan: Plan,
+    *,
+    calibration: CalibrationStats | None = None,
+    teacher: TeacherCache | None = None,
+) -> CompressionResult:
+    """Prune, quantize and add LoRA adapters to ``model`` in place, as ``plan`` says.
+
+    Per module: prune (magnitude or Wanda, unstructured or N:M), then quantize the surviving
+    weights round-to-nearest (pruned zeros stay exactly zero), then wrap the module with a
+    LoRA adapter when ``adapter.rank > 0``. When ``plan.recovery.steps > 0`` the adapters are
+    trained by distillation from ``teacher`` while every base weight stays frozen. The
+    Linear weights afterwards hold the dequantized values (fake quantization), so the model
+    runs as usual; the integer codes are kept in the result for :func:`save_compressed`.
+
+    Args:
+        model: a dense transformers model (not compressed before); any device.
+        plan: the compression plan.
+        calibration: activation statistics from :func:`collect_calibration` on the dense
+            model; required for ``criterion: wanda`` with any sparsity.
+        teacher: a :class:`TeacherCache` built from the dense model; required for recovery.
+
+    Returns:
+        A :class:`CompressionResult` (timings, per-module codes, predicted size).
+
+    Raises:
+        PressoError: the plan does not fit the model, the model was already compressed, or
+            calibration / teacher data is missing.
+
+    Example::
+
+        model = copy.deepcopy(dense)                      # per trial
+        result = compress_(model, plan, calibration=stats, teacher=teacher)
+        print(result.size.size_fraction, result.timings)
+    """
+    if getattr(model, _COMPRESSED_FLAG, False):
+        raise PressoError("model: already compressed; allowed: a dense model (deepcopy the dense model per trial)")
+    t_start = time.perf_counter()
+    resolved = validate_plan(model, plan)
+    modules = compressible_modules(model)
+    wanda = plan.criterion is PruneCriterion.WANDA
+    if wanda and any(c.sparsity.active for c in resolved.values()):
+        if calibration is None:
+            raise PressoError(
+                "plan.criterion: 'wanda' needs calibration statistics; pass calibration=collect_calibration(dense_model, ids)"
+            )
+        for name, cfg in resolved.items():
+            stats = calibration.sq_norms.get(name)
+            if cfg.sparsity.active and (stats is None or stats.numel() != modules[name].in_features):
+                raise PressoError(f"calibration: no statistics of in_features={modules[name].in_features} for module {name!r}; "
+                                  "collect them on the same model architecture")
+    adapters = {n: (c.adapter.rank, c.adapter.effective_alpha) for n, c in resolved.items() if c.adapter.active}
+    recovering = plan.recovery.steps > 0 and bool(adapters)
+    if recovering and teacher is None:
+        raise PressoError(
+            f"plan.recovery.steps: got {plan.recovery.steps} with adapters but no teacher; "
+            "pass teacher=TeacherCache.build(dense_model, ids) or set steps to 0"
+        )
+    result = CompressionResult(plan=plan, adapters=adapters)
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for name, cfg in resolved.items():
+            weight = modules[name].weight
+            rec = CompressedModule(name=name, config=cfg, shape=tuple(weight.shape), dtype=weight.dtype,
+                                   n_kept=weight.numel())
+            if cfg.sparsity.active:
+                ranks = calibration.row_ranks(name, weight) if wanda and cfg.sparsity.n_m is None else None
+                if ranks is not None:  # the worker's cached per-row order: same mask, no selection
+                    rec.mask, rec.n_kept = mask_from_ranks(ranks, cfg.sparsity.amount)
+                    weight.mul_(rec.mask)
+                else:
+                    norms = calibration.sq_norms[name] if wanda else None
+                    rec.mask = prune_mask(weight, cfg.sparsity.amount, cfg.sparsity.n_m, norms)
+                    weight.mul_(rec.mask)
+                    rec.n_kept = int(rec.mask.sum())
+            result.modules[name] = rec
+    t1 = time.perf_counter()
+    with torch.no_grad():
+        quantized = [n for n, rec in result.modules.items() if rec.config.quant.active]
+        # One float32 scratch buffer, reused by every module (avoids a fresh allocation per layer).
+        largest = max((modules[n].weight.numel() for n in quantized), default=0)
+        scratch = {}
+        for name in quantized:
+            rec, q, weight = result.modules[name], result.modules[name].config.quant, modules[name].weight
+            device = weight.device
+            if device not in scratch:
+                scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
+            work = scratch[device][: weight.numel()].view(weight.shape)
+            rec.bits, rec.group_size, rec.symmetric = q.bits, q.group_size, q.symmetric
+            rec.codes, rec.scales, rec.zeros = quantize(weight, q.bits, q.group_size, q.symmetric, work=work)
+            weight.copy_(dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work))
+        del scratch
+    t2 = time.perf_counter()
+    inject_adapters(model, adapters, plan.seed)
+    if recovering:
+        rec_cfg = plan.recovery
+        result.recovery_losses = recover_(model, teacher, rec_cfg.steps, rec_cfg.lr, rec_cfg.batch_size, plan.seed)
+    t3 = time.perf_counter()
+    setattr(model, _COMPRESSED_FLAG, True)
+    result.timings = {"prune_s": t1 - t0, "quant_s": t2 - t1, "recovery_s": t3 - t2}
+    result.size = predict_size(model, result)
+    result.timings["total_s"] = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,106 @@
+"""Which modules a plan may touch, and how to find them again after adapters wrap them."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from presso.errors import PressoError
+
+AUTO_CAUSAL_LM = "AutoModelForCausalLM"
+AUTO_MODEL = "AutoModel"
+
+
+def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """The ``nn.ModuleList`` of transformer blocks: the list of same-type children holding the most Linears."""
+    best, best_count = None, 0
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        count = sum(isinstance(m, nn.Linear) for m in module.modules())
+        if count > best_count:
+            best, best_count = (name, module), count
+    return best
+
+
+def compressible_modules(model: nn.Module) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` layers inside the transformer blocks, in model order, by fully qualified name.
+
+    The blocks are the model's ``nn.ModuleList`` of identical layers (``model.layers`` in
+    Llama-style models, ``encoder.layer`` in BERT-style ones), so embeddings, ``lm_head`` and
+    poolers are excluded. On a model whose Linears were already wrapped by LoRA adapters the
+    wrapper's name maps to its ``base_layer``; adapter matrices are never listed.
+
+    Args:
+        model: a Hugging Face transformers model (or any module with a block list).
+
+    Returns:
+        ``{fqn: nn.Linear}`` in ``named_modules()`` order.
+
+    Raises:
+        PressoError: the model has no list of blocks containing Linear layers.
+
+    Example::
+
+        names = list(compressible_modules(model))  # ['model.layers.0.self_attn.q_proj', ...]
+    """
+    found = _block_list(model)
+    if found is None:
+        raise PressoError(
+            f"model: {type(model).__name__} has no nn.ModuleList of transformer blocks with nn.Linear layers; "
+            "allowed: Llama- or BERT-style transformers models"
+        )
+    prefix, blocks = found
+    out: dict[str, nn.Linear] = {}
+    for name, module in blocks.named_modules():
+        if not isinstance(module, nn.Linear) or not name:
+            continue
+        parts = name.split(".")
+        if any(p.startswith("lora_") for p in parts):
+            continue
+        if parts[-1] == "base_layer":
+            parts = parts[:-1]
+        out[".".join([prefix, *parts])] = module
+    return out
+
+
+def base_linear(model: nn.Module, fqn: str) -> tuple[nn.Linear, str]:
+    """The plain ``nn.Linear`` at ``fqn`` and the state-dict prefix of its parameters.
+
+    After LoRA injection the module at ``fqn`` is a wrapper whose ``base_layer`` holds the
+    frozen weight, stored under ``{fqn}.base_layer.weight``.
+    """
+    module = model.get_submodule(fqn)
+    if isinstance(module, nn.Linear) and not hasattr(module, "base_layer"):
+        return module, fqn
+    base = getattr(module, "base_layer", None)
+    if isinstance(base, nn.Linear):
+        return base, f"{fqn}.base_layer"
+    raise PressoError(f"module {fqn!r}: got {type(module).__name__}; allowed: nn.Linear (optionally LoRA-wrapped)")
+
+
+def _class_names(mapping) -> set[str]:
+    names = set()
+    for value in mapping.values():
+        names.update((value,) if isinstance(value, str) else value)
+    return names
+
+
+def auto_class_name(model: nn.Module) -> str:
+    """``"AutoModelForCausalLM"`` for causal LMs, ``"AutoModel"`` for bare (encoder) models."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+
+    cls = type(model).__name__
+    if cls in _class_names(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return AUTO_CAUSAL_LM
+    if cls in _class_names(MODEL_MAPPING_NAMES):
+        return AUTO_MODEL
+    raise PressoError(
+        f"model: {cls} is neither a causal LM nor a bare transformers model; "
+        "allowed: classes loadable by AutoModelForCausalLM or AutoModel"
+    )
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return auto_class_name(model) == AUTO_CAUSAL_LM

