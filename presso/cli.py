@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import sys
+from dataclasses import replace
 
 from presso.errors import PressoError
 
@@ -46,16 +47,13 @@ def _study_config(args):
         "workers": getattr(args, "workers", None),
         "ray_address": getattr(args, "ray_address", None),
     }
-    if getattr(args, "no_tracking", False):
-        overrides["tracking_uri"] = None
     config = config.with_overrides(**overrides)
+    # Flags that switch something off (or on) cannot ride on with_overrides, which skips None/False.
     if getattr(args, "no_tracking", False):
-        from dataclasses import replace
-
         config = replace(config, tracking_uri=None)
+    if getattr(args, "trust_remote_code", False):
+        config = replace(config, trust_remote_code=True)
     if getattr(args, "warm_start_from", None):
-        from dataclasses import replace
-
         config = replace(config, warm_start=replace(config.warm_start, from_study=args.warm_start_from))
     return config
 
@@ -232,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start a new study from the Pareto front of STUDY (same store unless the study file's "
                           "warm_start.from_storage says otherwise)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--trust-remote-code", action="store_true",
+                     help="let a hub or folder model run its own Python code (off unless given)")
     run.set_defaults(func=cmd_run)
 
     status = sub.add_parser("status", help="trial counts and the Pareto front")

@@ -212,7 +212,8 @@ def load_model(ref: str, *, device: str = "cpu", dtype: str = "float32", trust_r
             model = cls.from_pretrained(str(local) if local.exists() else ref, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise PressoError(f"model: could not load {ref!r}: {first}") from None
+            hint = "; pass --trust-remote-code if you trust it" if "custom code" in first else ""
+            raise PressoError(f"model: could not load {ref!r}: {first}{hint}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = model.to(device=device, dtype=torch_dtype).eval()

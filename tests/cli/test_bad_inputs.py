@@ -102,3 +102,23 @@ def test_debug_flag_shows_the_traceback(tmp_path, monkeypatch):
 
 def test_catalogue_is_at_least_thirty():
     assert len(CASES) >= 30
+
+
+def test_remote_code_stays_off_unless_asked(tmp_path, monkeypatch, capsys):
+    """A model folder whose config asks for its own Python code is refused without the flag."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "remote-model"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "evil", "architectures": ["EvilForCausalLM"],
+        "auto_map": {"AutoConfig": "configuration_evil.EvilConfig", "AutoModelForCausalLM": "modeling_evil.EvilForCausalLM"},
+    }))
+    marker = tmp_path / "ran.txt"
+    (folder / "configuration_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    code = main(["run", study_file(tmp_path, model=str(folder))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "contains custom code" in err and "Traceback" not in err
+    assert not marker.exists()
