@@ -64,7 +64,7 @@ def open_storage(url: str, *, heartbeat_s: int = 10, grace_s: int = 30, max_retr
     else:
         engine_kwargs = {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(
+        storage = optuna.storages.RDBStorage(
             url,
             engine_kwargs=engine_kwargs,
             heartbeat_interval=heartbeat_s,
@@ -79,6 +79,37 @@ def open_storage(url: str, *, heartbeat_s: int = 10, grace_s: int = 30, max_retr
     except (SQLAlchemyError, OSError, ValueError) as exc:
         reason = " ".join(str(exc).split())[:200]
         raise PressoError(f"storage: cannot open {redact(url)!r}: {redact(reason)}") from None
+    if storage.engine.dialect.name == "sqlite" and storage.engine.url.database not in (None, "", ":memory:"):
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
+
+    NOTE: Optuna claims a WAITING trial with ``SELECT ... FOR UPDATE`` and then an UPDATE;
+    SQLite ignores ``FOR UPDATE`` and pysqlite opens the transaction only at the UPDATE, so two
+    workers could both claim the same trial (measured here: 31 of 200 enqueued trials were
+    popped twice by 4 processes) and fail the same stale trial twice (two retries). Taking the
+    lock at BEGIN makes each read-then-write atomic; the busy timeout makes writers queue.
+    This is SQLAlchemy's documented pysqlite recipe, with IMMEDIATE instead of a plain BEGIN.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        # WAL: a commit appends to the log instead of syncing the whole file; with
+        # synchronous=NORMAL a crash of a process loses nothing (a power cut may lose the
+        # last commits). Several times fewer fsyncs per trial under K workers.
+        dbapi_connection.execute("PRAGMA journal_mode=WAL")
+        dbapi_connection.execute("PRAGMA synchronous=NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened while creating the tables predate the hooks
 
 
 @contextmanager
