@@ -209,12 +209,20 @@ def compress_(
         for name in quantized:
             rec, q, weight = result.modules[name], result.modules[name].config.quant, modules[name].weight
             device = weight.device
-            if device not in scratch:
-                scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
-            work = scratch[device][: weight.numel()].view(weight.shape)
+            if weight.dtype == torch.float32 and weight.is_contiguous():
+                # NOTE: an fp32 weight is its own work buffer: quantize turns it into codes in place
+                # (each element depends only on itself and its group's scale, computed first) and
+                # dequantize turns them back, the same arithmetic as with a scratch buffer.
+                work = weight
+            else:
+                if device not in scratch:
+                    scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
+                work = scratch[device][: weight.numel()].view(weight.shape)
             rec.bits, rec.group_size, rec.symmetric = q.bits, q.group_size, q.symmetric
             rec.codes, rec.scales, rec.zeros = quantize(weight, q.bits, q.group_size, q.symmetric, work=work)
-            weight.copy_(dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work))
+            restored = dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work)
+            if restored.data_ptr() != weight.data_ptr():
+                weight.copy_(restored)
         del scratch
     t2 = time.perf_counter()
     inject_adapters(model, adapters, plan.seed)

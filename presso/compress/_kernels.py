@@ -142,7 +142,12 @@ def kernel_for(rec, linear: nn.Linear) -> tuple[nn.Module | None, str, str | Non
         elif rec.config.sparsity.n_m == (2, 4) and device.type == "cuda":
             module = _sparse_2_4(rec, linear)
         else:
-            reason = "unstructured sparsity has no kernel" if rec.mask is not None else "not quantized"
+            if rec.config.sparsity.n_m == (2, 4):
+                reason = "2:4 kernel needs CUDA"
+            elif rec.mask is not None:
+                reason = "unstructured sparsity has no kernel"
+            else:
+                reason = "not quantized"
             return None, "dense", reason
         with torch.inference_mode():  # fail here, not in the timed loop
             module(torch.zeros(1, rec.shape[1], device=device, dtype=linear.weight.dtype))

@@ -70,7 +70,8 @@ def quantize(
         torch.div(w, scales.to(torch.float32).unsqueeze(-1), out=q)
         q.round_().clamp_(-(half - 1), half - 1).add_(half)
         return q.to(torch.uint8).reshape(weight.shape), scales, None
-    lo, hi = torch.aminmax(w, dim=-1)
+    # NOTE: amin + amax is several times faster than aminmax over short (group) rows on CPU.
+    lo, hi = w.amin(dim=-1), w.amax(dim=-1)
     lo.clamp_(max=0.0)
     hi.clamp_(min=0.0)
     scales = _to_fp16_scale((hi - lo) / qmax)

@@ -52,6 +52,105 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class WarmStartConfig:
+    """Plans enqueued when a study is created, before the sampler takes over (in this order).
+
+    Args:
+        from_study: name of an earlier study whose Pareto front seeds this one; its plans are
+            mapped onto this study's space (values outside a domain go to the nearest choice).
+        from_storage: the earlier study's store (default: this study's ``storage``).
+        sensitivity: OWL-style plans: each unit's sensitivity is measured once (quality loss
+            when only that unit is compressed hard, on the short text) and bytes are allocated
+            inversely to it at a few target sizes.
+        sensitivity_plans: how many target sizes get a sensitivity-guided plan (at most
+            ``max(2, trials // 5)`` are used).
+        uniform: a few spread-out uniform plans (``trials // 5``), the recipes users try first.
+
+    ``warm_start: true`` in a study file means the defaults; ``false`` turns every source off.
+    """
+
+    uniform: bool = True
+    sensitivity: bool = True
+    sensitivity_plans: int = 8
+    from_study: str | None = None
+    from_storage: str | None = None
+
+    def __post_init__(self):
+        for name in ("uniform", "sensitivity"):
+            if not isinstance(getattr(self, name), bool):
+                raise PressoError(f"study.warm_start.{name}: got {getattr(self, name)!r}; allowed: true or false")
+        value = self.sensitivity_plans
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PressoError(f"study.warm_start.sensitivity_plans: got {value!r}; allowed: an integer >= 1")
+        if self.from_study is not None and (not isinstance(self.from_study, str) or not self.from_study.strip()):
+            raise PressoError(f"study.warm_start.from_study: got {self.from_study!r}; allowed: a study name")
+        if self.from_storage is not None and (not isinstance(self.from_storage, str) or "://" not in self.from_storage):
+            raise PressoError(
+                f"study.warm_start.from_storage: got {self.from_storage!r}; allowed: an SQLAlchemy URL such as "
+                "'sqlite:///presso-runs/studies.db'"
+            )
+
+    @property
+    def any(self) -> bool:
+        return self.uniform or self.sensitivity or self.from_study is not None
+
+    def __bool__(self) -> bool:  # ``if config.warm_start:`` keeps its old meaning
+        return self.any
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """Multi-fidelity evaluation: a first look on a short text, the full text only for plans that
+    could still reach the Pareto front.
+
+    Every non-seeded plan is first scored on the first ``fraction`` of the evaluation sequences.
+    It is promoted to the full text unless more than ``max_dominated`` finished trials dominate
+    it at that same low fidelity (every finished trial keeps its low-fidelity values, so the
+    comparison is like for like). Until ``warmup`` trials have finished, every plan is promoted.
+    A plan stopped early is stored as PRUNED with its low-fidelity values in ``low_values``;
+    it counts towards the trial budget but never enters the front. Optuna's pruners are
+    single-objective, so this rule lives in Presso.
+
+    Args:
+        enabled: turn multi-fidelity on (off by default).
+        fraction: share of the evaluation sequences in the first look (at least one sequence).
+        max_dominated: promote when at most this many finished trials dominate the plan.
+        warmup: finished trials needed before any plan is stopped early.
+    """
+
+    enabled: bool = False
+    fraction: float = 0.25
+    max_dominated: int = 2
+    warmup: int = 10
+
+    def __post_init__(self):
+        if not isinstance(self.enabled, bool):
+            raise PressoError(f"study.fidelity.enabled: got {self.enabled!r}; allowed: true or false")
+        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction < 1:
+            raise PressoError(f"study.fidelity.fraction: got {self.fraction!r}; allowed: a fraction in (0, 1)")
+        for name in ("max_dominated", "warmup"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise PressoError(f"study.fidelity.{name}: got {value!r}; allowed: an integer >= 0")
+
+
+def _sub_config(where: str, cls, raw, from_bool):
+    """A nested config from a mapping (unknown keys rejected) or a bool (``from_bool``), or
+    returned as is when it already is one."""
+    if isinstance(raw, cls):
+        return raw
+    names = [f.name for f in fields(cls)]
+    if isinstance(raw, bool):
+        return from_bool(raw)
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise PressoError(f"{where}: got {raw!r}; allowed: true, false or a mapping with keys {', '.join(names)}")
+    check_keys(where, raw, names)
+    return cls(**raw)
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """A study, as written in the study YAML file.
 
@@ -63,6 +162,14 @@ class StudyConfig:
         objectives: [ppl_ratio, size_fraction]
         constraints: ["ppl_ratio <= 2.0"]
         trials: 30
+        warm_start:                  # or true (the defaults) / false (none)
+          uniform: true              # a few spread-out uniform plans
+          sensitivity: true          # OWL-style plans from per-unit sensitivity (measured once)
+          from_study: null           # an earlier study whose front seeds this one
+        fidelity:                    # or true / false
+          enabled: false             # short text first; full text only for promising plans
+          fraction: 0.25
+          max_dominated: 2
     """
 
     name: str = "presso-study"
@@ -85,7 +192,8 @@ class StudyConfig:
     heartbeat_s: int = 10
     grace_s: int = 30
     trust_remote_code: bool = False
-    warm_start: bool = True
+    warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)  # or true / false
+    fidelity: FidelityConfig = field(default_factory=FidelityConfig)
     base_dir: str = "."  # where relative paths in the file are resolved; not a user key
 
     def __post_init__(self):
@@ -117,6 +225,11 @@ class StudyConfig:
             raise PressoError(f"study.grace_s: got {self.grace_s!r}; it must exceed heartbeat_s ({self.heartbeat_s})")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise PressoError(f"study.seed: got {self.seed!r}; allowed: an integer")
+        object.__setattr__(self, "warm_start", _sub_config(
+            "study.warm_start", WarmStartConfig, self.warm_start,
+            lambda on: WarmStartConfig() if on else WarmStartConfig(uniform=False, sensitivity=False)))
+        object.__setattr__(self, "fidelity", _sub_config(
+            "study.fidelity", FidelityConfig, self.fidelity, lambda on: FidelityConfig(enabled=on)))
         if not isinstance(self.storage, str) or "://" not in self.storage:
             raise PressoError(
                 f"study.storage: got {self.storage!r}; allowed: an SQLAlchemy URL such as 'sqlite:///presso.db' "

@@ -1,7 +1,8 @@
 """The study loop: ask a plan, compress and score it, tell the store, until the budget.
 
-Budget rule: a trial counts when it completed, or failed for a reason of its own (bad plan,
-NaN, out of memory). Trials lost to an interruption or a dead worker do not count and are
+Budget rule: a trial counts when it completed, failed for a reason of its own (bad plan,
+NaN, out of memory), or was stopped after its low-fidelity look (multi-fidelity: PRUNED with
+``low_values``). Trials lost to an interruption or a dead worker do not count and are
 retried, so a study always ends with exactly ``trials`` counted trials, however often it was
 killed and resumed. Several workers may share one store; a worker that finds its freshly
 asked trial beyond the budget marks it PRUNED with ``cancelled`` instead of running it.
@@ -12,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from presso import __version__
@@ -87,8 +91,19 @@ def open_study(config: StudyConfig, storage, evaluator):
             study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
             created = False
     if not created:
-        _check_compatible(config.name, study_info(study), info)
+        _check_compatible(config.name, _wait_for_info(study), info)
     return study, created
+
+
+def _wait_for_info(study, timeout_s: float = 60.0) -> dict:
+    """The study's Presso attribute; another worker that has just created the study sets it a
+    moment after ``create_study``, so an empty one is waited for before it is judged."""
+    deadline = time.monotonic() + timeout_s
+    stored = study_info(study)
+    while not stored and time.monotonic() < deadline:
+        time.sleep(0.2)
+        stored = study_info(study)
+    return stored
 
 
 def _check_compatible(name: str, stored: dict, wanted: dict) -> None:
@@ -103,21 +118,33 @@ def _check_compatible(name: str, stored: dict, wanted: dict) -> None:
 
 
 def _enqueue_warm_start(study, config: StudyConfig, evaluator) -> int:
-    """Seed a new study: ``uniform`` walks every uniform plan; other samplers get a few
-    spread-out uniform plans first, so the front starts from the recipes users would try."""
-    bound = evaluator.bound
-    combos = bound.uniform_choices()
-    if config.sampler == "uniform":
-        chosen = combos[: config.trials]
-    elif config.warm_start:
-        count = min(len(combos), max(1, config.trials // 5))
-        step = len(combos) / count
-        chosen = [combos[int(i * step)] for i in range(count)]
+    """Seed a new study (see :mod:`presso.search._warmstart`): ``uniform`` walks every uniform
+    plan; other samplers get, as ``config.warm_start`` says, an earlier study's front, then
+    sensitivity-guided plans, then a few spread-out uniform plans. What was enqueued is kept in
+    the study's ``warm_start`` user attribute; notes (plans mapped or skipped) are printed."""
+    from presso.search._warmstart import enqueue_warm_start
+
+    report = enqueue_warm_start(study, config, evaluator)
+    study.set_user_attr("warm_start", report.to_dict())
+    for note in report.notes:
+        print(note)
+    return report.total
+
+
+def check_warm_start_source(config: StudyConfig, storage) -> None:
+    """Before a study is created, check that the study it should start from exists (a typo
+    would otherwise leave a new study that can never be warm-started)."""
+    import optuna
+
+    source = config.warm_start.from_study
+    if not source or config.name in optuna.study.get_all_study_names(storage):
+        return
+    if source == config.name:
+        raise PressoError(f"study.warm_start.from_study: got {source!r}, the study itself; name an earlier study")
+    if config.warm_start.from_storage:
+        load_existing_study(source, config.warm_start.from_storage)
     else:
-        chosen = []
-    for combo in chosen:
-        study.enqueue_trial(bound.params_for(combo), user_attrs={"seeded": "uniform"})
-    return len(chosen)
+        load_existing_study(source, config.storage)
 
 
 class _Budget:
@@ -162,6 +189,7 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(config.storage, heartbeat_s=config.heartbeat_s, grace_s=config.grace_s)
     evaluator = evaluator or Evaluator(config)
+    check_warm_start_source(config, storage)
     study, created = open_study(config, storage, evaluator)
     if created:
         _enqueue_warm_start(study, config, evaluator)
@@ -182,7 +210,7 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
                 if counted + running >= config.trials and waiting == 0:
                     time.sleep(min(config.heartbeat_s, 2))  # others' trials may still fail and need a retry
                     continue
-                trial = study.ask()
+                trial = ask_with_heartbeat(study, storage)
                 if budget.surplus(trial.number):
                     trial.set_user_attr("cancelled", "budget already filled by other trials")
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -206,38 +234,125 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
     )
 
 
+def ask_with_heartbeat(study, storage):
+    """``study.ask()`` and a first heartbeat for the new trial, with Ctrl-C/SIGTERM held back
+    in between (they take effect right after).
+
+    NOTE: Optuna never finds a RUNNING trial stale until it has a heartbeat; a process stopped
+    between the two would leave a trial that no one fails or retries, and a study that needs
+    it to fill its budget would wait for it forever.
+    """
+    with _interrupts_deferred():
+        trial = study.ask()
+        storage.record_heartbeat(trial._trial_id)
+    return trial
+
+
+@contextmanager
+def _interrupts_deferred():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if pending:
+            signal.raise_signal(pending[0])  # now handled as it would have been
+
+
 def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
     """Run one trial and tell the store; an error fails this trial alone, an interrupt marks it
     for a retry and propagates."""
-    import optuna
-
     started = time.perf_counter()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         with heartbeat(storage, trial._trial_id, config.heartbeat_s):
             plan = suggest(trial, evaluator.bound, model=config.model)
             trial.set_user_attr("plan", plan_to_dict(plan))
-            outcome = evaluator.evaluate(plan)
+            promoter = _promoter(study, trial, evaluator, config)
+            outcome = evaluator.evaluate(plan, promote=promoter) if promoter else evaluator.evaluate(plan)
     except KeyboardInterrupt:
-        trial.set_user_attr("interrupted", "the run was stopped during this trial; it is retried on resume")
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        tell_retry(study, trial, "interrupted", "the run was stopped during this trial; it is retried on resume")
         raise
     except Exception as exc:  # noqa: BLE001 - any error fails this trial alone; the study goes on
-        reason = str(exc) if isinstance(exc, PressoError) else f"{type(exc).__name__}: {exc}"
-        trial.set_user_attr("failure", " ".join(reason.split())[:500] or type(exc).__name__)
-        trial.set_user_attr("timings", {"total_s": time.perf_counter() - started})
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        return study._storage.get_trial(trial._trial_id)
+        return tell_failure(study, trial, failure_reason(exc), started)
+    if getattr(outcome, "fidelity", "full") == "low":
+        return tell_low_fidelity(study, trial, outcome, getattr(promoter, "decision", {}), started)
+    if getattr(outcome, "low_values", None) is not None:
+        trial.set_user_attr("low_values", outcome.low_values)
+    return tell_outcome(study, trial, outcome, evaluator.objective_specs, evaluator.constraints, started)
+
+
+def _promoter(study, trial, evaluator, config: StudyConfig):
+    """The multi-fidelity rule for this trial, or None when multi-fidelity is off. Seeded
+    (warm-start) plans are always promoted; they still get a low-fidelity look, so they anchor
+    the comparison."""
+    if not config.fidelity.enabled:
+        return None
+    from presso.search._fidelity import Promoter, always
+
+    if "seeded" in trial.user_attrs:
+        return always
+    return Promoter(study, config.fidelity, evaluator.objective_specs)
+
+
+def tell_low_fidelity(study, trial, outcome, decision: dict, started: float):
+    """Store a plan stopped after its low-fidelity look: PRUNED, with its low-fidelity values in
+    ``low_values`` (never in ``values``: it is not a full measurement). It counts towards the
+    budget (it was looked at) but never enters the front."""
+    import optuna
+
+    trial.set_user_attr("low_values", outcome.low_values)
+    trial.set_user_attr("promotion", decision)
+    trial.set_user_attr("metrics", outcome.metrics)
+    timings = dict(outcome.timings)
+    timings["total_s"] = time.perf_counter() - started
+    trial.set_user_attr("timings", timings)
+    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line (at most 500 characters) saying why a trial failed."""
+    reason = str(exc) if isinstance(exc, PressoError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(reason.split())[:500] or type(exc).__name__
+
+
+def tell_failure(study, trial, reason: str, started: float):
+    """Fail ``trial`` for a reason of its own (it counts towards the budget)."""
+    import optuna
+
+    trial.set_user_attr("failure", reason)
+    trial.set_user_attr("timings", {"total_s": time.perf_counter() - started})
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def tell_retry(study, trial, key: str, message: str, extra_attrs: dict | None = None) -> None:
+    """Fail ``trial`` without counting it (``key`` says why) and queue the same parameters again."""
+    import optuna
+
+    trial.set_user_attr(key, message)
+    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **(extra_attrs or {})})
+
+
+def tell_outcome(study, trial, outcome, objective_specs, constraints, started: float):
+    """Store a measured trial in the ``_records`` format and complete it."""
     store_started = time.perf_counter()
     trial.set_user_attr("values", outcome.values)
     trial.set_user_attr("metrics", outcome.metrics)
-    for constraint in evaluator.constraints:
+    for constraint in constraints:
         trial.set_constraint(constraint.text, constraint.violation(outcome.values | outcome.metrics))
     timings = dict(outcome.timings)
     timings["total_s"] = time.perf_counter() - started
     trial.set_user_attr("timings", timings)
-    study.tell(trial, [outcome.values[s.name] for s in evaluator.objective_specs])
+    study.tell(trial, [outcome.values[s.name] for s in objective_specs])
     frozen = study._storage.get_trial(trial._trial_id)
     timings["store_s"] = time.perf_counter() - store_started
     return frozen

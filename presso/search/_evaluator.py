@@ -26,11 +26,18 @@ class ObjectiveSpec:
 
 @dataclass
 class Outcome:
-    """One trial's result: objective values, extra metrics and timings (seconds)."""
+    """One trial's result: objective values, extra metrics and timings (seconds).
+
+    With multi-fidelity, ``low_values`` holds the values measured on the short text first and
+    ``fidelity`` says which text ``values`` come from: ``"full"``, or ``"low"`` when the plan
+    was not promoted (then ``values`` equals ``low_values``).
+    """
 
     values: dict[str, float]
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    fidelity: str = "full"
+    low_values: dict[str, float] | None = None
 
 
 def default_objectives(task: str) -> tuple[str, ...]:
@@ -66,40 +73,102 @@ class CompressionAssets:
     """Calibration statistics and teacher outputs of the dense model, built on first need and
     shared by every later trial with the same calibration settings."""
 
-    def __init__(self, dense, text: TextData):
+    def __init__(self, dense, text: TextData, *, cache_ranks: bool = False):
         self.dense, self.text = dense, text
+        self.cache_ranks = cache_ranks
         self._stats: dict[tuple[int, int], object] = {}
         self._teachers: dict[tuple[int, int], object] = {}
+        self._work = None  # (model, {fqn: (dense weight, work weight)}), see _reusable_copy
+        self._dirty: set[str] = set()
+
+    def calibration(self, samples: int, seq_len: int):
+        """The dense model's calibration statistics for these settings (computed once)."""
+        from presso.compress import collect_calibration
+
+        key = (samples, seq_len)
+        if key not in self._stats:
+            stats = collect_calibration(self.dense, self.text.calibration_ids(*key))
+            stats.cache_ranks = self.cache_ranks
+            self._stats[key] = stats
+        return self._stats[key]
 
     def kwargs_for(self, plan) -> dict:
-        from presso.compress import TeacherCache, collect_calibration
+        from presso.compress import TeacherCache
 
         key = (plan.calibration_samples, plan.calibration_seq_len)
         kwargs = {}
         if plan.needs_calibration:
-            if key not in self._stats:
-                self._stats[key] = collect_calibration(self.dense, self.text.calibration_ids(*key))
-            kwargs["calibration"] = self._stats[key]
+            kwargs["calibration"] = self.calibration(*key)
         if plan.needs_recovery:
             if key not in self._teachers:
                 self._teachers[key] = TeacherCache.build(self.dense, self.text.calibration_ids(*key))
             kwargs["teacher"] = self._teachers[key]
         return kwargs
 
-    def compress(self, plan):
-        """A compressed copy of the dense model, and the compression result."""
+    def compress(self, plan, *, reuse: bool = False):
+        """A compressed copy of the dense model, and the compression result.
+
+        Args:
+            plan: the plan to apply.
+            reuse: hand back the worker's one reusable copy (see :meth:`_reusable_copy`)
+                instead of a fresh deep copy; the model is then only valid until the next
+                call. Plans with adapters always get a fresh copy.
+        """
         import torch
 
         from presso.compress import compress_
 
         started = time.perf_counter()
-        model = copy.deepcopy(self.dense)
+        if reuse and not any(c.adapter.active for c in plan.layers.values()):
+            model = self._reusable_copy()
+        else:
+            model = copy.deepcopy(self.dense)
         copy_s = time.perf_counter() - started
         kwargs = self.kwargs_for(plan)
         torch.manual_seed(plan.seed)
-        result = compress_(model, plan, **kwargs)
+        reusing = self._work is not None and model is self._work[0]
+        try:
+            result = compress_(model, plan, **kwargs)
+        except BaseException:
+            if reusing:
+                self._dirty = set(self._work[1])  # a half-applied plan: restore every weight next time
+            raise
+        if reusing:
+            self._dirty = set(result.modules)
         result.timings["copy_s"] = copy_s
         return model, result
+
+    def _reusable_copy(self):
+        """One working copy per worker, restored to the dense weights before each trial.
+
+        NOTE: ``compress_`` only rewrites the compressible Linear weights (adapters excluded),
+        so the copy shares every other tensor (embeddings, norms, biases) with the dense model
+        and only the weights the previous plan touched are copied back. This replaces a deep
+        copy of the whole model per trial (and the page faults of its fresh memory).
+        """
+        import torch
+
+        from presso.compress import compressible_modules
+        from presso.compress._compress import _COMPRESSED_FLAG
+
+        if self._work is None:
+            dense_modules = compressible_modules(self.dense)
+            own = {id(m.weight) for m in dense_modules.values()}
+            shared = {id(t): t for t in [*self.dense.parameters(), *self.dense.buffers()] if id(t) not in own}
+            work = copy.deepcopy(self.dense, shared)
+            pairs = {name: (dense_modules[name].weight, module.weight)
+                     for name, module in compressible_modules(work).items()}
+            self._work, self._dirty = (work, pairs), set()
+            return work
+        work, pairs = self._work
+        with torch.no_grad():
+            for name in self._dirty:
+                source, target = pairs[name]
+                target.copy_(source)
+        self._dirty = set()
+        if getattr(work, _COMPRESSED_FLAG, False):
+            delattr(work, _COMPRESSED_FLAG)
+        return work
 
 
 def _objectives_for(names, task: str):
@@ -115,11 +184,12 @@ def _objectives_for(names, task: str):
     return objectives
 
 
-def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig):
+def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None):
     from presso.objectives import EvalContext, load_labelled_csv
 
     labelled = load_labelled_csv(eval_config.labels_csv) if eval_config.labels_csv else None
-    return EvalContext(task=loaded.task, device=device, input_ids=text.eval_ids, tokenizer=loaded.tokenizer,
+    ids = text.eval_ids if rows is None else text.eval_ids[:rows]
+    return EvalContext(task=loaded.task, device=device, input_ids=ids, tokenizer=loaded.tokenizer,
                        dense_model=loaded.model, labelled=labelled)
 
 
@@ -156,35 +226,75 @@ class Evaluator:
         self.constraints = [parse_constraint(text, known=known) for text in config.constraints]
         check_constraints(self.constraints, known)
         self.text = TextData(self.loaded.tokenizer, config.eval)
-        self.assets = CompressionAssets(self.loaded.model, self.text)
+        self.assets = CompressionAssets(self.loaded.model, self.text, cache_ranks=True)
         self.context = _eval_context(self.loaded, self.text, self.device, config.eval)
         prepare_all(self.objectives, self.context)
+        self._low_context = None
         self.setup_s = time.perf_counter() - started
 
-    def evaluate(self, plan, number: int | None = None) -> Outcome:
+    @property
+    def low_context(self):
+        """The evaluation context on the first ``fidelity.fraction`` of the evaluation
+        sequences (at least one), with its own dense references; built on first use."""
+        if self._low_context is None:
+            from presso.objectives import prepare_all
+
+            ids = self.context.input_ids
+            count = max(1, min(ids.shape[0], round(ids.shape[0] * self.config.fidelity.fraction)))
+            self._low_context = _eval_context(self.loaded, self.text, self.device, self.config.eval, rows=count)
+            prepare_all(self.objectives, self._low_context)
+        return self._low_context
+
+    def evaluate(self, plan, number: int | None = None, *, promote=None, fidelity: str = "full") -> Outcome:
         """Compress a pristine copy with ``plan`` and measure every objective.
+
+        Args:
+            plan: the plan.
+            number: the trial number (messages only).
+            promote: multi-fidelity: when given, the objectives are first measured on the short
+                text (:attr:`low_context`) and ``promote(low_values)`` decides whether the
+                same compressed model is then measured on the full text.
+            fidelity: ``"low"`` measures on the short text only (sensitivity probes).
 
         Raises:
             PressoError: the plan does not fit the model, or an objective is not finite.
         """
         from presso.objectives import TrialContext, measure_all
+        from presso.objectives._kernel_latency import COMPRESSION_KEY
 
-        model, result = self.assets.compress(plan)
+        if fidelity not in ("full", "low"):
+            raise PressoError(f"evaluate.fidelity: got {fidelity!r}; allowed: 'full', 'low'")
+        model, result = self.assets.compress(plan, reuse=True)
+        size = result.size
+        timings = {"copy_s": result.timings.get("copy_s", 0.0), "compress_s": result.timings.get("total_s", 0.0)}
         try:
+            low_values = None
+            if promote is not None or fidelity == "low":
+                started = time.perf_counter()
+                trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
+                trial.cache[COMPRESSION_KEY] = result
+                low_values = {k: float(v) for k, v in measure_all(self.objectives, model, self.low_context, trial).items()}
+                timings["low_evaluate_s"] = time.perf_counter() - started
+                if fidelity == "low" or not promote(low_values):
+                    timings["evaluate_s"] = timings["low_evaluate_s"]
+                    return Outcome(values=low_values, metrics=size_metrics(result), timings=_with_parts(timings, result),
+                                   fidelity="low", low_values=low_values)
             started = time.perf_counter()
-            size = result.size
             trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
+            trial.cache[COMPRESSION_KEY] = result
             values = measure_all(self.objectives, model, self.context, trial)
-            evaluate_s = time.perf_counter() - started
+            timings["evaluate_s"] = time.perf_counter() - started + timings.get("low_evaluate_s", 0.0)
         finally:
             del model
-        metrics = size_metrics(result)
-        timings = {"copy_s": result.timings.get("copy_s", 0.0), "compress_s": result.timings.get("total_s", 0.0),
-                   "evaluate_s": evaluate_s}
-        for key in ("prune_s", "quant_s", "recovery_s"):
-            if key in result.timings:
-                timings[key] = result.timings[key]
-        return Outcome(values={k: float(v) for k, v in values.items()}, metrics=metrics, timings=timings)
+        return Outcome(values={k: float(v) for k, v in values.items()}, metrics=size_metrics(result),
+                       timings=_with_parts(timings, result), low_values=low_values)
+
+
+def _with_parts(timings: dict, result) -> dict:
+    for key in ("prune_s", "quant_s", "recovery_s"):
+        if key in result.timings:
+            timings[key] = result.timings[key]
+    return timings
 
 
 def dense_nbytes(model) -> int:

@@ -39,6 +39,11 @@ class StudyProgress:
         if row.state == "COMPLETE":
             shown = "  ".join(f"{n}={_fmt(row.values.get(n))}" for n in self.names)
             self._progress.console.print(f"trial {row.number}: {shown}  ({row.timings.get('total_s', 0):.1f} s)")
+        elif row.state == "PRUNED" and "low_values" in row.user_attrs:
+            low = row.user_attrs["low_values"]
+            shown = "  ".join(f"{n}={_fmt(low.get(n))}" for n in self.names)
+            self._progress.console.print(f"trial {row.number}: stopped after the short text: {shown}  "
+                                         f"({row.timings.get('total_s', 0):.1f} s)")
         else:
             self._progress.console.print(f"trial {row.number}: [red]failed[/red]: {row.failure}")
 

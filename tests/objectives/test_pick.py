@@ -154,7 +154,10 @@ def test_arbitrary_text_parses_or_raises_presso_error(text):
         assert parse_pick_rule(str(rule)) == rule
 
 
-@given(rules, st.lists(st.tuples(st.integers(0, 50), st.lists(bounds, min_size=9, max_size=9)), min_size=1, max_size=8))
+_N = len(registered_objectives())
+
+
+@given(rules, st.lists(st.tuples(st.integers(0, 50), st.lists(bounds, min_size=_N, max_size=_N)), min_size=1, max_size=8))
 def test_choice_is_feasible_and_optimal(rule, raw):
     keys = registered_objectives()
     rows = [(number, dict(zip(keys, values))) for number, values in raw]
