@@ -8,7 +8,8 @@ MLflow tracking to a temporary SQLite store unless ``--no-tracking``). Per trial
 * ``evaluate``: the objectives' forward pass(es);
 * ``store+driver``: everything else in the study loop (ask, tell, user attributes, budget
   snapshot, heartbeat): the trial's wall time minus the above;
-* ``tracking``: wall time the MLflow tracker's background thread spent logging, per trial.
+* ``tracking``: wall time the MLflow tracker's background thread spent logging, per trial; it
+  runs concurrently, so what it costs the study is the difference to a ``--no-tracking`` run.
 
 The floor is one forward pass of the UNCOMPRESSED model over the same evaluation batches,
 measured between trials (interleaved, so load from other processes affects both alike).
@@ -16,6 +17,7 @@ measured between trials (interleaved, so load from other processes affects both 
     python benchmarks/trial_cost.py [--model builtin:smollm2-135m] [--trials 12] [--no-tracking]
 
 Targets (issue 7): trial time / floor <= 1.5; store + tracking <= 5 % of trial time.
+``--threads 1`` is what the RESULTS.md figures used (2 shared cores: one thread was faster).
 SmolLM2-135M note: its weights were stored upstream as GGUF Q4_1, so the "dense" model already
 lies on a 4-bit grid (asymmetric 4-bit groups of 32 are near-free on it); this affects quality
 figures, not the timings reported here.
@@ -142,13 +144,15 @@ def report(result: dict) -> str:
         lines.append(f"| {k:<14} | {med[k]:>9.3f} | {100 * med[k] / med['wall']:>9.1f}% |")
     lines.append(f"| {'trial (wall)':<14} | {med['wall']:>9.3f} | {100.0:>9.1f}% |")
     ratio = med["wall"] / floor
-    overhead = (med["store+driver"] + med["tracking"]) / med["wall"]
+    serial = med["store+driver"] / med["wall"]
     lines += [
         "",
         f"trial / floor = {ratio:.2f} (target <= 1.5: {'met' if ratio <= 1.5 else 'NOT met'})",
-        f"store+driver+tracking = {100 * overhead:.1f}% of trial time (target <= 5%: "
-        f"{'met' if overhead <= 0.05 else 'NOT met'})",
+        f"store+driver = {100 * serial:.1f}% of trial time (serial, in the study loop)",
     ]
+    if med["tracking"]:
+        lines.append(f"tracking: the MLflow thread was busy {100 * med['tracking'] / med['wall']:.1f}% of trial time "
+                     "(concurrent, start-up included; its cost to the study is the difference to a --no-tracking run)")
     return "\n".join(lines)
 
 

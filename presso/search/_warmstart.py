@@ -106,8 +106,9 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
         count = min(warm.sensitivity_plans, max(2, config.trials // 5))
         try:
             plans, report.sensitivity = sensitivity_plans(evaluator, count)
-        except PressoError as exc:
-            report.notes.append(f"warm start: no sensitivity-guided plans ({exc})")
+        except Exception as exc:  # noqa: BLE001 - a warm start is optional; it must never stop the study
+            reason = str(exc) if isinstance(exc, PressoError) else f"{type(exc).__name__}: {exc}"
+            report.notes.append(f"warm start: no sensitivity-guided plans ({' '.join(reason.split())[:300]})")
             plans = []
         for params, attrs in plans:
             enqueue(params, "sensitivity", attrs)
