@@ -280,7 +280,10 @@ def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
         tell_retry(study, trial, "interrupted", "the run was stopped during this trial; it is retried on resume")
         raise
     except Exception as exc:  # noqa: BLE001 - any error fails this trial alone; the study goes on
-        return tell_failure(study, trial, failure_reason(exc), started)
+        reason = failure_reason(exc)
+        del exc  # its traceback holds the failed trial's tensors
+        _release_memory()
+        return tell_failure(study, trial, reason, started)
     if getattr(outcome, "fidelity", "full") == "low":
         return tell_low_fidelity(study, trial, outcome, getattr(promoter, "decision", {}), started)
     if getattr(outcome, "low_values", None) is not None:
@@ -315,6 +318,17 @@ def tell_low_fidelity(study, trial, outcome, decision: dict, started: float):
     trial.set_user_attr("timings", timings)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return study._storage.get_trial(trial._trial_id)
+
+
+def _release_memory() -> None:
+    """After a failed trial (say, out of memory) give its tensors back before the next one."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def failure_reason(exc: BaseException) -> str:
