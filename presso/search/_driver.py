@@ -362,7 +362,7 @@ def tell_outcome(study, trial, outcome, objective_specs, constraints, started: f
     trial.set_user_attr("values", outcome.values)
     trial.set_user_attr("metrics", outcome.metrics)
     for constraint in constraints:
-        trial.set_constraint(constraint.text, constraint.violation(outcome.values | outcome.metrics))
+        trial.set_constraint(str(constraint), constraint.violation(outcome.values | outcome.metrics))
     timings = dict(outcome.timings)
     timings["total_s"] = time.perf_counter() - started
     trial.set_user_attr("timings", timings)

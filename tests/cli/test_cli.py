@@ -142,3 +142,17 @@ def test_unknown_study_and_bad_storage(workdir, capsys):
     assert code == 2 and "no study named 'nope'" in err
     code, _, err = run_cli(capsys, "status", "--study", "x", "--storage", "postgresql+psycopg://u:secret@127.0.0.1:1/db")
     assert code == 2 and "secret" not in err and "u:***@" in err
+
+
+def test_constraints_keep_violators_off_the_front(workdir, capsys):
+    from presso.search import load_existing_study, pareto_rows, trial_rows
+
+    study = write_study(workdir / "c.yaml", name="constrained", trials=6, sampler="random",
+                        constraints=["size_fraction <= 0.975"])
+    code, _, err = run_cli(capsys, "run", study, "--no-progress")
+    assert code == 0, err
+    loaded = load_existing_study("constrained", "sqlite:///presso-runs/studies.db")
+    rows = [r for r in trial_rows(loaded) if r.state == "COMPLETE"]
+    assert all(r.feasible == (r.values["size_fraction"] <= 0.975) for r in rows)
+    assert any(not r.feasible for r in rows) and any(r.feasible for r in rows)
+    assert all(r.feasible for r in pareto_rows(loaded))
