@@ -321,7 +321,7 @@ def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
 def _probes(choices) -> dict[str, _UnitChoice | None]:
     """The unit's hardest pruning alone and its coarsest quantization alone (None when the
     space offers no pruning, or no quantization, for the unit)."""
-    from presso.plan import LayerConfig, QuantConfig, SparsityConfig
+    from presso.plan import LayerConfig, SparsityConfig
 
     pruned = [c.config.sparsity for c in choices if c.config.sparsity.active]
     quantized = [c.config.quant for c in choices if c.config.quant.active]
