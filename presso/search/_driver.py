@@ -226,9 +226,16 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
         raise
     finally:
         notify("on_run_end", study, status)
-    rows, counted, _, _ = budget.snapshot()
+    return summarize(config.name, study, ran_here, interrupted)
+
+
+def summarize(name: str, study, ran_here: int, interrupted: bool) -> RunSummary:
+    """The :class:`RunSummary` of ``study`` as stored now (``study`` None: nothing was created)."""
+    if study is None:
+        return RunSummary(name, 0, 0, 0, ran_here, 0, interrupted=interrupted)
+    rows = trial_rows(study)
     return RunSummary(
-        study_name=config.name, counted=counted,
+        study_name=name, counted=sum(r.counted for r in rows),
         complete=sum(r.state == "COMPLETE" for r in rows), failed=sum(r.state == "FAIL" and r.counted for r in rows),
         ran_here=ran_here, pareto_size=len(pareto_rows(study, rows)), interrupted=interrupted,
     )

@@ -279,16 +279,9 @@ def _wait_for_study(name: str, storage, pool: _WorkerPool):
 
 
 def _summary(config: StudyConfig, study, ran_here: int, interrupted: bool) -> RunSummary:
-    from presso.search._records import pareto_rows, trial_rows
+    from presso.search._driver import summarize
 
-    if study is None:
-        return RunSummary(config.name, 0, 0, 0, 0, 0, interrupted=interrupted)
-    rows = trial_rows(study)
-    return RunSummary(
-        study_name=config.name, counted=sum(r.counted for r in rows),
-        complete=sum(r.state == "COMPLETE" for r in rows), failed=sum(r.state == "FAIL" and r.counted for r in rows),
-        ran_here=ran_here, pareto_size=len(pareto_rows(study, rows)), interrupted=interrupted,
-    )
+    return summarize(config.name, study, ran_here, interrupted)
 
 
 # --------------------------------------------------------------------------------------------
