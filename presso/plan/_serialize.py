@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from presso._files import read_data_file
 from presso.errors import PressoError, check_keys
 from presso.plan._config import (
     AdapterConfig,
@@ -128,14 +129,7 @@ def plan_to_yaml(plan: Plan) -> str:
 
 def load_plan(path: str | os.PathLike) -> Plan:
     """Read a plan from a ``.yaml``/``.yml`` or ``.json`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise PressoError(f"plan file: {str(path)!r} does not exist or is not a file")
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise PressoError(f"plan file {str(path)!r}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}".replace("\n", " ")) from None
+    data = read_data_file(Path(path), "plan file")
     return plan_from_dict(data)
 
 

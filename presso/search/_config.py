@@ -6,8 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
-import yaml
-
+from presso._files import read_data_file
 from presso.errors import PressoError, check_keys, did_you_mean
 
 DEFAULT_DIR = "presso-runs"
@@ -287,10 +286,5 @@ def study_from_dict(data, base_dir: str = ".") -> StudyConfig:
 def load_study_file(path: str | os.PathLike) -> StudyConfig:
     """Parse a study YAML file (``safe_load`` only)."""
     path = Path(path)
-    if not path.is_file():
-        raise PressoError(f"study file: {str(path)!r} does not exist or is not a file")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PressoError(f"study file {str(path)!r}: not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_data_file(path, "study file")
     return study_from_dict(data, base_dir=str(path.parent))

@@ -30,8 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from presso._files import read_data_file
 from presso.errors import PressoError, check_keys, did_you_mean
 from presso.plan import (
     KEEP_BITS,
@@ -400,8 +399,5 @@ def load_space(source: str | Path | dict) -> SearchSpace:
         path = Path(source).expanduser()
         if not path.is_file():
             raise PressoError(f"space: file {source!r} does not exist; allowed: a YAML file or a built-in such as 'builtin:smollm2-135m'")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PressoError(f"space file {source!r}: not valid YAML: {' '.join(str(exc).split())}") from None
+    data = read_data_file(path, "space file")
     return SearchSpace.from_dict(data)
