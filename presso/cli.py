@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage", help="SQLAlchemy URL of the study store")
     run.add_argument("--tracking-uri", help="MLflow tracking URI")
     run.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    run.add_argument("--sampler", help="nsga2, tpe, gp, random or uniform")
+    run.add_argument("--sampler", help="nsga2, evo, tpe, gp, random or uniform")
     run.add_argument("--seed", type=int)
     run.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     run.add_argument("--model", help="model reference (overrides the study file)")

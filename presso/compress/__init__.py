@@ -16,7 +16,7 @@ See ``presso/compress/README.md`` for the techniques and the on-disk format.
 
 from presso.compress._calibration import CalibrationStats, TeacherCache, collect_calibration
 from presso.compress._compress import CompressedModule, CompressionResult, compress_, validate_plan
-from presso.compress._modules import compressible_modules
+from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._pack import pack_bits, packed_nbytes, unpack_bits
 from presso.compress._quant import dequantize, quantize
 from presso.compress._save import LoadedCompressed, SavedReport, load_compressed, save_compressed
@@ -35,12 +35,14 @@ __all__ = [
     "compress_",
     "compressible_modules",
     "dequantize",
+    "embedding_modules",
     "load_compressed",
     "pack_bits",
     "packed_nbytes",
     "predict_size",
     "quantize",
     "save_compressed",
+    "target_modules",
     "unpack_bits",
     "validate_plan",
 ]

@@ -10,7 +10,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters, recover_
 from presso.compress._calibration import CalibrationStats, TeacherCache
-from presso.compress._modules import compressible_modules
+from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
 from presso.compress._size import SizeReport, predict_size
@@ -96,12 +96,18 @@ def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
     """
     if not isinstance(plan, Plan):
         raise PressoError(f"plan: got {type(plan).__name__}; allowed: a presso.plan.Plan")
-    modules = compressible_modules(model)
-    resolved = plan.resolve(modules)
+    linears, embeddings = compressible_modules(model), embedding_modules(model)
+    resolved = plan.resolve(linears, exact_names=embeddings)
     for name, cfg in resolved.items():
-        linear = modules[name]
-        in_f, out_f = linear.in_features, linear.out_features
+        out_f, in_f = linears[name].weight.shape if name in linears else embeddings[name].weight.shape
         where = f"plan.layers[{name!r}]"
+        if name in embeddings:
+            # An embedding is a lookup table: activation-aware pruning and LoRA recovery do not apply.
+            if cfg.sparsity.active:
+                raise PressoError(f"{where}.sparsity: got {cfg.sparsity.amount or cfg.sparsity.structure!r} on an embedding "
+                                  "table; allowed: amount 0 (embeddings take quantization only)")
+            if cfg.adapter.active:
+                raise PressoError(f"{where}.adapter.rank: got {cfg.adapter.rank} on an embedding table; allowed: 0")
         g = cfg.quant.group_size
         if cfg.quant.active and g and in_f % g:
             raise PressoError(
@@ -162,7 +168,7 @@ def compress_(
         raise PressoError("model: already compressed; allowed: a dense model (deepcopy the dense model per trial)")
     t_start = time.perf_counter()
     resolved = validate_plan(model, plan)
-    modules = compressible_modules(model)
+    modules = target_modules(model)
     wanda = plan.criterion is PruneCriterion.WANDA
     if wanda and any(c.sparsity.active for c in resolved.values()):
         if calibration is None:
@@ -171,8 +177,9 @@ def compress_(
             )
         for name, cfg in resolved.items():
             stats = calibration.sq_norms.get(name)
-            if cfg.sparsity.active and (stats is None or stats.numel() != modules[name].in_features):
-                raise PressoError(f"calibration: no statistics of in_features={modules[name].in_features} for module {name!r}; "
+            in_f = modules[name].weight.shape[1]
+            if cfg.sparsity.active and (stats is None or stats.numel() != in_f):
+                raise PressoError(f"calibration: no statistics of in_features={in_f} for module {name!r}; "
                                   "collect them on the same model architecture")
     adapters = {n: (c.adapter.rank, c.adapter.effective_alpha) for n, c in resolved.items() if c.adapter.active}
     recovering = plan.recovery.steps > 0 and bool(adapters)

@@ -176,6 +176,9 @@ def kernel_view(model: nn.Module, result):
     try:
         for name, rec in (result.modules.items() if result is not None else ()):
             linear, prefix = base_linear(model, name)
+            if isinstance(linear, nn.Embedding):  # a table lookup: dequantized rows cost no matmul
+                report.add("dense", "embedding lookup")
+                continue
             if prefix != name:
                 report.add("dense", "LoRA-wrapped layer")
                 continue

@@ -65,19 +65,35 @@ def compressible_modules(model: nn.Module) -> dict[str, nn.Linear]:
     return out
 
 
-def base_linear(model: nn.Module, fqn: str) -> tuple[nn.Linear, str]:
-    """The plain ``nn.Linear`` at ``fqn`` and the state-dict prefix of its parameters.
+def embedding_modules(model: nn.Module) -> dict[str, nn.Embedding]:
+    """The model's ``nn.Embedding`` tables (token, position, type), by fully qualified name.
+
+    They are compressed only when a plan or a space names them exactly: catch-all patterns
+    such as ``re:.*`` keep meaning "the Linear layers of the blocks". A tied output head
+    (``lm_head`` sharing ``embed_tokens.weight``) follows its embedding, as it is stored once.
+    """
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, nn.Embedding) and not any(p.startswith("lora_") for p in name.split("."))}
+
+
+def target_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Everything a plan may compress: the embedding tables, then the block Linears."""
+    return {**embedding_modules(model), **compressible_modules(model)}
+
+
+def base_linear(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+    """The plain ``nn.Linear`` (or ``nn.Embedding``) at ``fqn`` and the state-dict prefix of its parameters.
 
     After LoRA injection the module at ``fqn`` is a wrapper whose ``base_layer`` holds the
     frozen weight, stored under ``{fqn}.base_layer.weight``.
     """
     module = model.get_submodule(fqn)
-    if isinstance(module, nn.Linear) and not hasattr(module, "base_layer"):
+    if isinstance(module, (nn.Linear, nn.Embedding)) and not hasattr(module, "base_layer"):
         return module, fqn
     base = getattr(module, "base_layer", None)
     if isinstance(base, nn.Linear):
         return base, f"{fqn}.base_layer"
-    raise PressoError(f"module {fqn!r}: got {type(module).__name__}; allowed: nn.Linear (optionally LoRA-wrapped)")
+    raise PressoError(f"module {fqn!r}: got {type(module).__name__}; allowed: nn.Linear (optionally LoRA-wrapped) or nn.Embedding")
 
 
 def _class_names(mapping) -> set[str]:

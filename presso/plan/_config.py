@@ -252,19 +252,23 @@ class Plan:
                 return cfg
         return None
 
-    def resolve(self, module_names) -> dict[str, LayerConfig]:
+    def resolve(self, module_names, exact_names=()) -> dict[str, LayerConfig]:
         """Map each of ``module_names`` that the plan covers to its config (identity configs dropped).
 
+        ``exact_names`` (the embedding tables) are covered only by a key that names them
+        exactly, never by a ``re:`` pattern; they come first in the result.
+
         Raises:
-            PressoError: an exact key names no module in ``module_names``.
+            PressoError: an exact key names no module in ``module_names`` or ``exact_names``.
         """
-        names = list(module_names)
-        known = set(names)
+        names, exact = list(module_names), list(exact_names)
+        known = set(names) | set(exact)
         for key in self.layers:
             if not key.startswith("re:") and key not in known:
                 sample = ", ".join(names[:5])
                 raise PressoError(f"plan.layers: module {key!r} is not in the model; modules look like: {sample}")
-        resolved = {}
+        resolved = {name: self.layers[name] for name in exact
+                    if name in self.layers and not self.layers[name].is_identity}
         for name in names:
             cfg = self.config_for(name)
             if cfg is not None and not cfg.is_identity:

@@ -12,7 +12,7 @@ from presso.errors import PressoError, check_keys, did_you_mean
 DEFAULT_DIR = "presso-runs"
 DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/studies.db"
 DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR}/mlflow.db"
-SAMPLERS = ("nsga2", "tpe", "gp", "random", "uniform")
+SAMPLERS = ("nsga2", "evo", "tpe", "gp", "random", "uniform")
 BACKENDS = ("local", "ray")
 
 

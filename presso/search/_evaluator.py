@@ -141,23 +141,23 @@ class CompressionAssets:
     def _reusable_copy(self):
         """One working copy per worker, restored to the dense weights before each trial.
 
-        NOTE: ``compress_`` only rewrites the compressible Linear weights (adapters excluded),
-        so the copy shares every other tensor (embeddings, norms, biases) with the dense model
+        NOTE: ``compress_`` only rewrites the weights of :func:`target_modules` (adapters excluded),
+        so the copy shares every other tensor (norms, biases, position tables) with the dense model
         and only the weights the previous plan touched are copied back. This replaces a deep
         copy of the whole model per trial (and the page faults of its fresh memory).
         """
         import torch
 
-        from presso.compress import compressible_modules
+        from presso.compress import target_modules
         from presso.compress._compress import _COMPRESSED_FLAG
 
         if self._work is None:
-            dense_modules = compressible_modules(self.dense)
+            dense_modules = target_modules(self.dense)
             own = {id(m.weight) for m in dense_modules.values()}
             shared = {id(t): t for t in [*self.dense.parameters(), *self.dense.buffers()] if id(t) not in own}
             work = copy.deepcopy(self.dense, shared)
             pairs = {name: (dense_modules[name].weight, module.weight)
-                     for name, module in compressible_modules(work).items()}
+                     for name, module in target_modules(work).items()}
             self._work, self._dirty = (work, pairs), set()
             return work
         work, pairs = self._work
@@ -203,7 +203,7 @@ class Evaluator:
     """
 
     def __init__(self, config: StudyConfig, loaded=None):
-        from presso.compress import compressible_modules
+        from presso.compress import compressible_modules, embedding_modules
         from presso.models import load_model, resolve_device
         from presso.objectives import check_constraints, parse_constraint, prepare_all
         from presso.spaces import load_space
@@ -217,7 +217,8 @@ class Evaluator:
         self.space = load_space(space_source)
         self.space_dict = self.space.to_dict()
         self.module_names = list(compressible_modules(self.loaded.model))
-        self.bound = self.space.bind(self.module_names)
+        self.embedding_names = list(embedding_modules(self.loaded.model))
+        self.bound = self.space.bind(self.module_names, exact_names=self.embedding_names)
         self.objectives = _objectives_for(config.objectives, self.loaded.task)
         self.objective_specs = [
             ObjectiveSpec(o.name, getattr(o.direction, "value", o.direction), o.unit) for o in self.objectives

@@ -1,5 +1,6 @@
 """Sampler registry: name -> factory. ``uniform`` walks the uniform plans of the space
-(enqueued as trials) and then falls back to random sampling."""
+(enqueued as trials) and then falls back to random sampling; ``evo`` is a local search around
+the Pareto front (``presso.search._evolution``)."""
 
 from __future__ import annotations
 
@@ -66,3 +67,11 @@ def _uniform(seed, n_objectives):
 
     # The uniform plans themselves are enqueued by the driver; this samples past the grid.
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+@register_sampler("evo")
+def _evo(seed, n_objectives):
+    from presso.search._evolution import LocalSearchSampler
+
+    # EvoPress-style local search around the front; the warm-start plans are its first parents.
+    return LocalSearchSampler(seed=seed, n_startup_trials=5)

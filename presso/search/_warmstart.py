@@ -291,7 +291,9 @@ def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
     with torch.no_grad():
         for name in unit.modules:
             w = modules[name].weight.detach().to(torch.float32)
-            norms = stats.sq_norms[name].to(w.device, torch.float32).unsqueeze(0)
+            # An embedding table has no input activations: its rows count equally.
+            norms = stats.sq_norms[name].to(w.device, torch.float32).unsqueeze(0) if name in stats.sq_norms \
+                else torch.ones(1, w.shape[1], device=w.device)
             w2n = w.pow(2).mul_(norms)
             total += float(w2n.sum())
             wanda = criterion is PruneCriterion.WANDA
@@ -357,13 +359,13 @@ def sensitivity_plans(evaluator, count: int) -> tuple[list[tuple[dict, dict]], d
     Raises:
         PressoError: the space offers no choice to allocate, or no quality objective exists.
     """
-    from presso.compress import compressible_modules
+    from presso.compress import target_modules
 
     bound = evaluator.bound
     spec = _quality_objective(evaluator)
     base_plan = bound.space.base_plan({}, model=evaluator.config.model)
     criterion = base_plan.criterion
-    modules = compressible_modules(evaluator.loaded.model)
+    modules = target_modules(evaluator.loaded.model)
     stats = evaluator.assets.calibration(base_plan.calibration_samples, base_plan.calibration_seq_len)
     units = list(bound.units)
     per_unit = []
@@ -406,7 +408,7 @@ def sensitivity_plans(evaluator, count: int) -> tuple[list[tuple[dict, dict]], d
         damages.append([per_error.get("prune", 0.0) * c.prune_error + per_error.get("quant", 0.0) * c.quant_error
                         for c in choices])
 
-    fixed = _fixed_bytes(evaluator.loaded.model, modules)
+    fixed = _fixed_bytes(evaluator.loaded.model, {m: modules[m] for unit in units for m in unit.modules})
     dense = _dense_bytes(evaluator.loaded.model)
     plans = []
     for anchor, picks in _allocate_near_uniform(bound, per_unit, damages, count):
@@ -444,6 +446,7 @@ def _allocate_near_uniform(bound, per_unit, damages, count: int):
         anchors.append((size, damage, combo, picks))
     if not anchors:
         return []
+    every_uniform = list(anchors)  # the per-group options, "free" recipes included
     worst = max(a[1] for a in anchors)
     anchors = sorted((a for a in anchors if a[1] > _FLAT * worst), key=lambda a: a[0])
     # drop anchors another anchor beats (smaller or equal size, less predicted damage)
@@ -453,27 +456,78 @@ def _allocate_near_uniform(bound, per_unit, damages, count: int):
     chosen = [kept[round(i * (len(kept) - 1) / max(count - 1, 1))] for i in range(min(count, len(kept)))]
     out, seen = [], set()
     for size, _, combo, picks in chosen:
+        label = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("sparsity", "bits", "group_size"))
         allowed = [[abs(c.size - ch[i].size) <= _NEAR * ch[i].size for c in ch] for ch, i in zip(per_unit, picks)]
         masked = [[d if ok else float("inf") for d, ok in zip(dmg, ok_row)] for dmg, ok_row in zip(damages, allowed)]
-        best = _least_damage(per_unit, masked, size)
-        key = tuple(best)
-        if best and key not in seen:
-            seen.add(key)
-            label = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("sparsity", "bits", "group_size"))
-            out.append((f"uniform {label}", best))
+        for name, best in ((f"uniform {label}", _least_damage(per_unit, masked, size)),
+                           (f"per-group at the size of uniform {label}", _per_group(bound, per_unit, damages,
+                                                                                   every_uniform, size))):
+            key = tuple(best)
+            if best and key not in seen:
+                seen.add(key)
+                out.append((name, best))
     return out
+
+
+class _Option:
+    def __init__(self, size: int, picks: dict[int, int]):
+        self.size, self.picks = size, picks
+
+
+def _per_group(bound, per_unit, damages, anchors, budget: int) -> list[int]:
+    """The least-damage plan of at most ``budget`` bytes in which every group of the space is
+    uniform but groups differ (e.g. the embedding at 8 bits, the blocks at 4). Coarser than a
+    per-unit allocation, so the additive damage model errs less; and free of the near-uniform
+    limit, which would keep a large table (an embedding) from moving away from the recipe."""
+    options: list[list[_Option]] = []
+    option_damages: list[list[float]] = []
+    for group in bound.space.groups:
+        members = [i for i, unit in enumerate(bound.units) if unit.group is group]
+        opts, dmgs, seen = [], [], set()
+        for _, _, _, picks in anchors:
+            mine = {i: picks[i] for i in members}
+            key = tuple(sorted(mine.items()))
+            if key in seen:
+                continue
+            seen.add(key)
+            opts.append(_Option(sum(per_unit[i][j].size for i, j in mine.items()), mine))
+            dmgs.append(sum(damages[i][j] for i, j in mine.items()))
+        if members and not opts:
+            return []
+        if opts:
+            options.append(opts)
+            option_damages.append(dmgs)
+    chosen = _least_damage(options, option_damages, budget)
+    if not chosen:
+        return []
+    picks: dict[int, int] = {}
+    for opts, index in zip(options, chosen):
+        picks.update(opts[index].picks)
+    return [picks[i] for i in range(len(per_unit))]
 
 
 def _least_damage(per_unit, damages, budget: int) -> list[int]:
     """Choice per unit with the least total damage and total size <= ``budget`` (exact DP over
-    sizes rounded to ``_DP_BINS`` steps)."""
+    sizes rounded up to ``_DP_BINS`` steps; the result is checked against the true sizes)."""
+    picks = _least_damage_binned(per_unit, damages, budget)
+    over = sum(ch[i].size for ch, i in zip(per_unit, picks)) - budget if picks else 0
+    if over > 0:  # rounding let it through: once more with the overshoot taken off
+        picks = _least_damage_binned(per_unit, damages, budget - over)
+        if picks and sum(ch[i].size for ch, i in zip(per_unit, picks)) > budget:
+            return []
+    return picks
+
+
+def _least_damage_binned(per_unit, damages, budget: int) -> list[int]:
     import numpy as np
 
     lows = [min(c.size for c in ch) for ch in per_unit]
     span = budget - sum(lows)
     if span < 0:
         return []
-    step = max(span, 1) / _DP_BINS
+    # NOTE: each unit's size rounds up by less than one bin, so the budget gets one spare bin
+    # per unit; otherwise a plan of exactly the budget (the anchor itself) would not fit.
+    step = max(span, 1) / max(_DP_BINS - len(per_unit), 1)
     best = np.full(_DP_BINS + 1, np.inf)
     best[0] = 0.0
     picks = []
@@ -483,7 +537,6 @@ def _least_damage(per_unit, damages, budget: int) -> list[int]:
         pick = np.full(_DP_BINS + 1, -1, dtype=np.int64)
         unit_shifts = []
         for index, (choice, dmg) in enumerate(zip(choices, damage)):
-            # NOTE: sizes round UP to bins, so a reconstructed plan never exceeds the budget.
             shift = int(np.ceil((choice.size - low) / step - 1e-9))
             unit_shifts.append(shift)
             if not np.isfinite(dmg) or shift > _DP_BINS:
@@ -508,7 +561,7 @@ def _least_damage(per_unit, damages, budget: int) -> list[int]:
 
 
 def _fixed_bytes(model, modules) -> int:
-    """Bytes of everything but the compressible weights (they stay as they are)."""
+    """Bytes of everything but the weights of ``modules`` (the ones the space compresses)."""
     own = {id(m.weight) for m in modules.values()}
     return _dense_bytes(model) - sum(m.weight.numel() * m.weight.element_size() for m in modules.values()
                                      if id(m.weight) in own)

@@ -73,7 +73,7 @@ class TrialWorker:
 
     def describe(self) -> dict:
         ev = self.evaluator
-        return {"where": self.where, "module_names": ev.module_names, "objective_specs": ev.objective_specs,
+        return {"where": self.where, "module_names": ev.module_names, "embedding_names": ev.embedding_names, "objective_specs": ev.objective_specs,
                 "device": ev.device, "setup_s": ev.setup_s}
 
     def evaluate(self, plan, number: int) -> dict:
@@ -110,7 +110,7 @@ class _DriverView:
         from presso.search._evaluator import METRIC_NAMES
 
         self.space_dict = space.to_dict()
-        self.bound = space.bind(description["module_names"])
+        self.bound = space.bind(description["module_names"], exact_names=description["embedding_names"])
         self.objective_specs = list(description["objective_specs"])
         known = [*config.objectives, *METRIC_NAMES]
         self.constraints = [parse_constraint(text, known=known) for text in config.constraints]

@@ -242,17 +242,22 @@ class SearchSpace:
         except PressoError as exc:
             raise PressoError(f"space.defaults: {exc}") from None
 
-    def bind(self, module_names: Sequence[str]) -> BoundSpace:
+    def bind(self, module_names: Sequence[str], exact_names: Sequence[str] = ()) -> BoundSpace:
         """Resolve the groups against a model's compressible module names.
+
+        ``exact_names`` (the embedding tables) join a group only when one of its ``modules``
+        entries is exactly that name, so catch-all patterns keep meaning the block Linears.
 
         Raises:
             PressoError: a group matches no module (the message lists a few real names).
         """
-        names = list(module_names)
+        exact = list(exact_names)
+        names = [*exact, *module_names]
         taken: set[str] = set()
         units: list[Unit] = []
         for group in self.groups:
-            members = [n for n in names if n not in taken and group.matches(n)]
+            members = [n for n in names if n not in taken
+                       and (n in group.modules if n in exact else group.matches(n))]
             if not members:
                 shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
                 raise PressoError(

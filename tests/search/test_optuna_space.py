@@ -46,7 +46,7 @@ def test_converted_space_matches_hand_written_optuna_space():
 
 
 def test_every_sampler_builds_for_two_objectives():
-    assert set(sampler_names()) == {"nsga2", "tpe", "gp", "random", "uniform"}
+    assert set(sampler_names()) == {"nsga2", "tpe", "gp", "random", "uniform", "evo"}
     for name in sampler_names():
         assert isinstance(make_sampler(name, 0, 2), optuna.samplers.BaseSampler)
     with pytest.raises(PressoError, match=r"sampler: got 'nsga' \(did you mean 'nsga2'\?\)"):

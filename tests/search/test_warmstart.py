@@ -9,7 +9,14 @@ from presso.errors import PressoError
 from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_study, run_study, study_from_dict
 from presso.search._config import WarmStartConfig
 from presso.search._records import pareto_rows, trial_rows
-from presso.search._warmstart import _least_damage, _stored_bytes, _UnitChoice, plan_to_params, unit_choices
+from presso.search._warmstart import (
+    _allocate_near_uniform,
+    _least_damage,
+    _stored_bytes,
+    _UnitChoice,
+    plan_to_params,
+    unit_choices,
+)
 
 TWO_BLOCKS = {  # one unit per block, so each block gets its own sensitivity
     "defaults": {"criterion": "wanda", "calibration_samples": 4, "calibration_seq_len": 32},
@@ -73,6 +80,33 @@ def test_allocation_gives_sensitive_units_the_gentle_choices():
     picks = _least_damage(per_unit, damages, budget=120)  # 60 + 60 or 100 + 30 (> budget): both medium
     assert sum(per_unit[u][i].size for u, i in enumerate(picks)) <= 120
     assert _least_damage(per_unit, damages, budget=10) == []  # below the smallest reachable size
+
+
+def test_per_group_seed_moves_a_sensitive_table_off_the_recipe():
+    """A small, sensitive embedding and robust blocks: the near-uniform reshuffle cannot leave
+    4 bits (every unit stays within 30% of its size), the per-group plan of the same size can:
+    the table at 8 bits, the blocks at 2."""
+    from presso.spaces import SearchSpace
+
+    space = SearchSpace.from_dict({"groups": [
+        {"name": "embed", "modules": ["emb"], "tie": "group", "bits": [2, 4, 8]},
+        {"name": "blocks", "modules": ["re:layers\\.\\d+\\.lin"], "bits": [2, 4, 8]},
+    ]})
+    bound = space.bind(["layers.0.lin", "layers.1.lin"], exact_names=["emb"])
+    damage_by_bits = {"embed": {2: 40.0, 4: 10.0, 8: 0.0}, "blocks": {2: 0.5, 4: 0.05, 8: 0.0}}
+    per_unit, damages = [], []
+    for unit in bound.units:
+        choices = unit_choices(unit)
+        for c in choices:
+            c.size = 25 * c.config.quant.bits
+        per_unit.append(choices)
+        damages.append([damage_by_bits[unit.group.name][c.config.quant.bits] for c in choices])
+    plans = dict(_allocate_near_uniform(bound, per_unit, damages, count=2))
+    recipe = "uniform sparsity=0.0, bits=4, group_size=0"
+    assert plans[recipe] == [1, 1, 1]  # near-uniform: stuck at the recipe
+    picks = plans[f"per-group at the size of {recipe}"]
+    assert [per_unit[i][j].config.quant.bits for i, j in enumerate(picks)] == [8, 2, 2]
+    assert sum(per_unit[i][j].size for i, j in enumerate(picks)) <= 3 * 100
 
 
 def test_new_study_enqueues_sensitivity_then_uniform_plans(tmp_path):
@@ -167,6 +201,6 @@ def test_sensitivity_probes_leave_the_dense_model_untouched(evaluator):
     plans, sensitivity = sensitivity_plans(evaluator, 3)
     assert plans and set(sensitivity) == {f"all/block{b}/{k}" for b in (0, 1) for k in ("prune", "quant")}
     for _, attrs in plans:
-        assert attrs["anchor"].startswith("uniform ")
+        assert attrs["anchor"].startswith(("uniform ", "per-group at the size of uniform "))
     after = evaluator.loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
