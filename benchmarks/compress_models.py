@@ -29,7 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from presso.compress import collect_calibration, compress_, compressible_modules, save_compressed  # noqa: E402
+from presso.compress import (  # noqa: E402
+    collect_calibration,
+    compress_,
+    compressible_modules,
+    embedding_modules,
+    save_compressed,
+)
 from presso.plan import LayerConfig, Plan, QuantConfig, SparsityConfig  # noqa: E402
 
 SMOLLM_NOTE = (
@@ -65,6 +71,13 @@ def plans(model) -> list[tuple[str, Plan]]:
     out = [(name, Plan(layers={every: cfg})) for name, cfg in spec]
     out.append(("50% unstructured (wanda)",
                 Plan(layers={every: LayerConfig(sparsity=SparsityConfig(0.5))}, criterion="wanda")))
+    # The embedding table is named exactly (patterns never reach it); it is most of what is
+    # left once the blocks are at 4 bits.
+    table = next(iter(embedding_modules(model)))
+    blocks_4bit = LayerConfig(quant=QuantConfig(bits=4, group_size=32))
+    for label, table_cfg in (("8-bit per-channel", LayerConfig(quant=QuantConfig(bits=8))),
+                             ("4-bit g32", blocks_4bit)):
+        out.append((f"4-bit g32 + embedding {label}", Plan(layers={table: table_cfg, every: blocks_4bit})))
     return out
 
 

@@ -4,12 +4,16 @@ For each model, ONE :class:`~presso.search.Evaluator` (model, text, dense refere
 calibration statistics computed once) serves every arm; each arm is a real study run through
 :func:`presso.search.run_study` in a temporary SQLite store:
 
-* ``uniform``: every uniform plan of the default space (``BoundSpace.uniform_choices``);
+* ``uniform``: every uniform plan of the default space (``BoundSpace.uniform_choices``), the
+  embedding table included ("quantize everything to 4 bits");
+* ``uniform+embed``: a stronger baseline, every uniform plan of the block Linears with each bit
+  width the embedding table offers (measured directly, no study);
 * ``random@N`` and ``random@3N``: random search (``random@N`` is the first N trials of the
   3N-trial run, which is itself a random search of N trials);
-* ``presso``: the default search, NSGA-II with the default warm start (sensitivity-guided and
-  spread-out uniform plans), N trials;
-* ``presso+mf``: the same with multi-fidelity on (a quarter of the text first).
+* ``presso``: the default sampler (or ``--sampler``) with the default warm start
+  (sensitivity-guided per-unit and per-group plans, spread-out uniform plans), N trials;
+* ``nsga2``: the same with NSGA-II, when ``presso`` uses another sampler;
+* ``presso+mf``: ``presso`` with multi-fidelity on (a quarter of the text first).
 
 Evaluation is deterministic, so a plan measured by one arm is not measured again by another
 (a cache keyed by the plan); each arm is still charged the time its plans cost when measured,
@@ -24,8 +28,8 @@ and the searched plans' per-unit choices.
     python benchmarks/search_quality.py --models minilm --trials 50 --no-write
 
 SmolLM2-135M ships as GGUF Q4_1 (4-bit, groups of 32 with scale and minimum), so its "dense"
-weights already lie on a 4-bit grid: asymmetric 4-bit groups of 32 are near-free on it, which
-makes the uniform 4-bit g32 recipe unusually strong there. MiniLM has ordinary fp32 weights.
+weights lie on a 4-bit grid (Presso's integer-zero-point 4-bit g32 does not match it and is not
+free there); MiniLM has ordinary fp32 weights.
 """
 
 from __future__ import annotations
@@ -49,9 +53,10 @@ from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_stud
 from presso.search._evaluator import Outcome  # noqa: E402
 from presso.search._records import trial_rows  # noqa: E402
 
-Q4_1_NOTE = ("SmolLM2-135M ships as GGUF Q4_1 (4-bit, blocks of 32 with scale and minimum): its 'dense' weights "
-             "already lie on a 4-bit grid, so asymmetric 4-bit g32 is near-free on it and the uniform 4-bit g32 "
-             "recipe is unusually strong there. MiniLM-L6 has ordinary fp32 weights.")
+Q4_1_NOTE = ("SmolLM2-135M ships as GGUF Q4_1 (4-bit, blocks of 32 with scale and minimum), so its 'dense' "
+             "weights lie on a 4-bit grid; Presso's integer-zero-point 4-bit g32 does not match that grid and is not "
+             "free on it (ppl 39.8 -> 48.4 in benchmarks/compress_models.py), but results on this model carry the "
+             "caveat. MiniLM-L6 has ordinary fp32 weights.")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def test_smollm2_study_export_apply_evaluate(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["pareto", "--study", "smol", "--format", "json"]) == 0
     front = json.loads(capsys.readouterr().out)
-    assert front and all(len(row["plan"]["_data"]["layers"]) == 210 for row in front)
+    assert front and all(len(row["plan"]["_data"]["layers"]) == 211 for row in front)  # 210 Linears + the table
 
     assert main(["export", "--study", "smol", "--pick", "min size_fraction", "-o", "plan.yaml"]) == 0
     number = int(capsys.readouterr().out.split("exported trial ")[1].split()[0])
