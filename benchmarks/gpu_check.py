@@ -122,7 +122,7 @@ def main(argv=None) -> int:
               f"{torch.version.cuda or 'none'})")
         return 0
     started_all = time.perf_counter()
-    from presso.compress import compressible_modules
+    from presso.compress import compressible_modules, embedding_modules
     from presso.objectives import EvalContext, TrialContext, get_objective, measure_all, prepare_all
     from presso.objectives._kernel_latency import COMPRESSION_KEY
     from presso.search._evaluator import CompressionAssets
@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         where = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
     dense, described, real = load(device, torch.float32)
     print(f"# gpu_check on {where}; torch {torch.__version__}; model: {described}")
-    bound = load_space("builtin:smollm2-135m").bind(list(compressible_modules(dense)))
+    bound = load_space("builtin:smollm2-135m").bind(list(compressible_modules(dense)),
+                                                    exact_names=list(embedding_modules(dense)))
     vocab = dense.config.vocab_size
     eval_ids = torch.randint(0, vocab, (args.sequences, args.seq_len), generator=torch.Generator().manual_seed(2))
     ctx = EvalContext(task="causal-lm", device=device, input_ids=eval_ids, dense_model=dense)

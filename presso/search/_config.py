@@ -176,7 +176,7 @@ class StudyConfig:
     space: object = "builtin:smollm2-135m"  # a builtin:, a path, or an inline mapping
     objectives: tuple[str, ...] = ("ppl_ratio", "size_fraction")
     constraints: tuple[str, ...] = ()
-    sampler: str = "nsga2"
+    sampler: str = "evo"
     trials: int = 30
     seed: int = 0
     device: str = "auto"

@@ -7,7 +7,7 @@ Study user attribute ``"presso"`` (set when the study is created)::
     {"version": "0.1.0", "model": "builtin:smollm2-135m",
      "objectives": [{"name": "ppl_ratio", "direction": "minimize", "unit": "x"}, ...],
      "constraints": ["ppl_ratio <= 2.0"], "space": {...space as data...},
-     "space_fingerprint": "sha256...", "eval": {...}, "sampler": "nsga2", "trials": 30, "seed": 0}
+     "space_fingerprint": "sha256...", "eval": {...}, "sampler": "evo", "trials": 30, "seed": 0}
 
 Trial user attributes:
 

@@ -429,6 +429,9 @@ def _allocate_near_uniform(bound, per_unit, damages, count: int):
     sensitivity-driven reshuffle of a recipe, where the additive damage model is trustworthy;
     unrestricted allocations drift to extremes the model mispredicts (measured on SmolLM2).
 
+    Also, at ``count`` sizes spread over the same range, the least-damage plan in which every
+    group is uniform but groups differ (see :func:`_per_group`).
+
     Returns ``[(anchor description, [choice index per unit]), ...]``, smallest first.
     """
     combos = bound.uniform_choices()
@@ -454,18 +457,27 @@ def _allocate_near_uniform(bound, per_unit, damages, count: int):
     if not kept:
         return []
     chosen = [kept[round(i * (len(kept) - 1) / max(count - 1, 1))] for i in range(min(count, len(kept)))]
-    out, seen = [], set()
+    candidates = []
     for size, _, combo, picks in chosen:
         label = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("sparsity", "bits", "group_size"))
         allowed = [[abs(c.size - ch[i].size) <= _NEAR * ch[i].size for c in ch] for ch, i in zip(per_unit, picks)]
         masked = [[d if ok else float("inf") for d, ok in zip(dmg, ok_row)] for dmg, ok_row in zip(damages, allowed)]
-        for name, best in ((f"uniform {label}", _least_damage(per_unit, masked, size)),
-                           (f"per-group at the size of uniform {label}", _per_group(bound, per_unit, damages,
-                                                                                   every_uniform, size))):
-            key = tuple(best)
-            if best and key not in seen:
-                seen.add(key)
-                out.append((name, best))
+        candidates.append((size, f"uniform {label}", _least_damage(per_unit, masked, size)))
+    # Per-group plans at sizes spread evenly over the range where compression costs something
+    # (from the smallest anchor to the smallest "free" recipe), not only at the recipes' sizes:
+    # the best mixes (a table at 8 bits, blocks at 4) often lie between two recipes.
+    free = [a[0] for a in every_uniform if a[1] <= _FLAT * worst]
+    low, high = kept[0][0], min(free) if free else kept[-1][0]
+    for i in range(count):
+        budget = int(low + (high - low) * (i + 1) / (count + 1))
+        candidates.append((budget, f"per-group, at most {budget} bytes",
+                           _per_group(bound, per_unit, damages, every_uniform, budget)))
+    out, seen = [], set()
+    for _, name, best in sorted(candidates, key=lambda c: c[0]):
+        key = tuple(best)
+        if best and key not in seen:
+            seen.add(key)
+            out.append((name, best))
     return out
 
 

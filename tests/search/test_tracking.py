@@ -135,7 +135,7 @@ def test_tracker_mirrors_a_study(stores, tmp_path, tracking_db):
     (parent,) = _runs(tracking_uri, "mirror", "study-run")
     assert parent.info.status == "FINISHED" and parent.data.tags["presso.invocation"] == "1"
     assert "presso.previous_run_id" not in parent.data.tags
-    assert parent.data.params["sampler"] == "nsga2" and parent.data.params["objectives"] == "ppl_ratio, size_fraction"
+    assert parent.data.params["sampler"] == "evo" and parent.data.params["objectives"] == "ppl_ratio, size_fraction"
     assert parent.data.params["storage"] == "postgresql://alice:***@db.example/presso"
     assert parent.data.metrics["front_size"] == len(FRONT)
 
