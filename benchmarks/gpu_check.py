@@ -74,7 +74,9 @@ def plans(bound, model_ref: str | None):
     from presso.plan import LayerConfig, Plan, QuantConfig, SparsityConfig
 
     def everywhere(cfg, criterion="wanda"):
-        layers = {m: cfg for u in bound.units for m in u.modules}
+        # Embedding tables (exact-name units) take the recipe's quantization only, never pruning.
+        table = LayerConfig(quant=cfg.quant)
+        layers = {m: table if m in u.group.modules else cfg for u in bound.units for m in u.modules}
         return Plan(layers=layers, criterion=criterion, calibration_samples=16, calibration_seq_len=128)
 
     out = [

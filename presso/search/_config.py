@@ -62,7 +62,8 @@ class WarmStartConfig:
             when only that unit is compressed hard, on the short text) and bytes are allocated
             inversely to it at a few target sizes.
         sensitivity_plans: how many target sizes get a sensitivity-guided plan (at most
-            ``max(2, trials // 5)`` are used).
+            ``max(2, trials // 5)`` are used); as many again get a per-group plan (each group
+            of the space uniform, groups different), duplicates dropped.
         uniform: a few spread-out uniform plans (``trials // 5``), the recipes users try first.
 
     ``warm_start: true`` in a study file means the defaults; ``false`` turns every source off.
