@@ -202,13 +202,11 @@ def run_plans(evaluator: CachingEvaluator, name: str, params_list: list[dict], b
     return arm
 
 
-def uniform_with_free_embedding(bound) -> list[dict]:
+def uniform_with_free_embedding(bound, embedding_names) -> list[dict]:
     """Every uniform plan of the block Linears, each with every bit width the embedding unit
     offers at its finest group size (the stronger baseline: "quantize the layers uniformly,
     pick the table's bits")."""
-
-    embed_units = [u for u in bound.units if u.group.tie == "group" and not any(".layers." in m or ".layer." in m
-                                                                                  for m in u.modules)]
+    embed_units = [u for u in bound.units if set(u.modules) <= set(embedding_names)]
     plans, seen = [], set()
     for combo in bound.uniform_choices():
         base = bound.params_for(combo)
@@ -304,7 +302,7 @@ def run_model(setup: ModelSetup, trials: int, quick: bool, tmp: str, sampler: st
     print(f"# {setup.ref}: setup {setup_s:.1f}s, {len(inner.bound.units)} units, {len(combos)} uniform plans; "
           f"eval {seq} x {setup.seq_len} tokens", flush=True)
     arms = {"uniform": run_arm(evaluator, base, "uniform", sampler="uniform", trials=len(combos), warm_start=False)}
-    arms["uniform+embed"] = run_plans(evaluator, "uniform+embed", uniform_with_free_embedding(inner.bound),
+    arms["uniform+embed"] = run_plans(evaluator, "uniform+embed", uniform_with_free_embedding(inner.bound, inner.embedding_names),
                                       inner.bound, setup.quality)
     random3 = run_arm(evaluator, base, "random3", sampler="random", trials=3 * trials, warm_start=False)
     random1 = Arm(name="random", trials=trials, rows=random3.rows[:trials], charged=random3.charged[:trials])

@@ -19,8 +19,8 @@ measured between trials (interleaved, so load from other processes affects both 
 Targets (issue 7): trial time / floor <= 1.5; store + tracking <= 5 % of trial time.
 ``--threads 1`` is what the RESULTS.md figures used (2 shared cores: one thread was faster).
 SmolLM2-135M note: its weights were stored upstream as GGUF Q4_1, so the "dense" model already
-lies on a 4-bit grid (asymmetric 4-bit groups of 32 are near-free on it); this affects quality
-figures, not the timings reported here.
+lies on a 4-bit grid (Presso's integer-zero-point 4-bit g32 does not match it); this affects
+quality figures, not the timings reported here.
 """
 
 from __future__ import annotations

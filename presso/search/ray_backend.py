@@ -73,8 +73,8 @@ class TrialWorker:
 
     def describe(self) -> dict:
         ev = self.evaluator
-        return {"where": self.where, "module_names": ev.module_names, "embedding_names": ev.embedding_names, "objective_specs": ev.objective_specs,
-                "device": ev.device, "setup_s": ev.setup_s}
+        return {"where": self.where, "module_names": ev.module_names, "embedding_names": ev.embedding_names,
+                "objective_specs": ev.objective_specs, "device": ev.device, "setup_s": ev.setup_s}
 
     def evaluate(self, plan, number: int) -> dict:
         started = time.perf_counter()
