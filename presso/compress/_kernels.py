@@ -169,13 +169,13 @@ def kernel_view(model: nn.Module, result):
             latency = time_forward(model)
         print(report.summary())   # "int4 140, int8 70"
     """
-    from presso.compress._modules import base_linear
+    from presso.compress._modules import base_module
 
     report = KernelReport()
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
     try:
         for name, rec in (result.modules.items() if result is not None else ()):
-            linear, prefix = base_linear(model, name)
+            linear, prefix = base_module(model, name)
             if isinstance(linear, nn.Embedding):  # a table lookup: dequantized rows cost no matmul
                 report.add("dense", "embedding lookup")
                 continue

@@ -81,7 +81,7 @@ def target_modules(model: nn.Module) -> dict[str, nn.Module]:
     return {**embedding_modules(model), **compressible_modules(model)}
 
 
-def base_linear(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
+def base_module(model: nn.Module, fqn: str) -> tuple[nn.Module, str]:
     """The plain ``nn.Linear`` (or ``nn.Embedding``) at ``fqn`` and the state-dict prefix of its parameters.
 
     After LoRA injection the module at ``fqn`` is a wrapper whose ``base_layer`` holds the

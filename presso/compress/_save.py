@@ -16,7 +16,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters
 from presso.compress._compress import _COMPRESSED_FLAG, CompressionResult
-from presso.compress._modules import AUTO_CAUSAL_LM, AUTO_MODEL, auto_class_name, base_linear
+from presso.compress._modules import AUTO_CAUSAL_LM, AUTO_MODEL, auto_class_name, base_module
 from presso.compress._pack import pack_bits, unpack_bits
 from presso.compress._quant import dequantize, zero_codes
 from presso.compress._size import (
@@ -84,7 +84,7 @@ def _module_tensors(model: nn.Module, rec, prefix: str) -> dict[str, torch.Tenso
     if sparse:
         out[f"{w}.mask"] = pack_bits(rec.mask, 1)
     if rec.bits is None:
-        weight = base_linear(model, rec.name)[0].weight.detach()
+        weight = base_module(model, rec.name)[0].weight.detach()
         out[f"{w}.values" if sparse else w] = weight[rec.mask].contiguous() if sparse else weight.contiguous()
         return out
     codes = rec.codes[rec.mask] if sparse else rec.codes

@@ -205,10 +205,10 @@ def stored_layout(model, result) -> tuple[list[TensorSpec], dict, dict[str, Modu
         ``(specs, metadata, module sizes, dense_bytes)``; ``metadata`` is the JSON-able
         layout stored under the ``presso`` header key.
     """
-    from presso.compress._modules import base_linear
+    from presso.compress._modules import base_module
 
     unique, aliases = unique_state(model)
-    prefixes = {name: base_linear(model, name)[1] for name in result.modules}
+    prefixes = {name: base_module(model, name)[1] for name in result.modules}
     weight_keys = {f"{prefix}.weight": name for name, prefix in prefixes.items()}
     specs: list[TensorSpec] = []
     dense_bytes = 0

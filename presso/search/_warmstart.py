@@ -468,10 +468,10 @@ def _allocate_near_uniform(bound, per_unit, damages, count: int):
     # the best mixes (a table at 8 bits, blocks at 4) often lie between two recipes.
     free = [a[0] for a in every_uniform if a[1] <= _FLAT * worst]
     low, high = kept[0][0], min(free) if free else kept[-1][0]
+    options = _group_options(bound, per_unit, damages, every_uniform)
     for i in range(count):
         budget = int(low + (high - low) * (i + 1) / (count + 1))
-        candidates.append((budget, f"per-group, at most {budget} bytes",
-                           _per_group(bound, per_unit, damages, every_uniform, budget)))
+        candidates.append((budget, f"per-group, at most {budget} bytes", _per_group(options, budget, len(per_unit))))
     out, seen = [], set()
     for _, name, best in sorted(candidates, key=lambda c: c[0]):
         key = tuple(best)
@@ -486,11 +486,9 @@ class _Option:
         self.size, self.picks = size, picks
 
 
-def _per_group(bound, per_unit, damages, anchors, budget: int) -> list[int]:
-    """The least-damage plan of at most ``budget`` bytes in which every group of the space is
-    uniform but groups differ (e.g. the embedding at 8 bits, the blocks at 4). Coarser than a
-    per-unit allocation, so the additive damage model errs less; and free of the near-uniform
-    limit, which would keep a large table (an embedding) from moving away from the recipe."""
+def _group_options(bound, per_unit, damages, anchors) -> tuple[list[list[_Option]], list[list[float]]]:
+    """Per group of the space, its distinct uniform choices (from the uniform ``anchors``) with
+    their size and predicted damage: what :func:`_per_group` allocates between."""
     options: list[list[_Option]] = []
     option_damages: list[list[float]] = []
     for group in bound.space.groups:
@@ -504,18 +502,25 @@ def _per_group(bound, per_unit, damages, anchors, budget: int) -> list[int]:
             seen.add(key)
             opts.append(_Option(sum(per_unit[i][j].size for i, j in mine.items()), mine))
             dmgs.append(sum(damages[i][j] for i, j in mine.items()))
-        if members and not opts:
-            return []
         if opts:
             options.append(opts)
             option_damages.append(dmgs)
-    chosen = _least_damage(options, option_damages, budget)
+    return options, option_damages
+
+
+def _per_group(options, budget: int, n_units: int) -> list[int]:
+    """The least-damage plan of at most ``budget`` bytes in which every group of the space is
+    uniform but groups differ (e.g. the embedding at 8 bits, the blocks at 4). Coarser than a
+    per-unit allocation, so the additive damage model errs less; and free of the near-uniform
+    limit, which would keep a large table (an embedding) from moving away from the recipe."""
+    group_options, group_damages = options
+    chosen = _least_damage(group_options, group_damages, budget)
     if not chosen:
         return []
     picks: dict[int, int] = {}
-    for opts, index in zip(options, chosen):
+    for opts, index in zip(group_options, chosen):
         picks.update(opts[index].picks)
-    return [picks[i] for i in range(len(per_unit))]
+    return [picks[i] for i in range(n_units)] if len(picks) == n_units else []
 
 
 def _least_damage(per_unit, damages, budget: int) -> list[int]:
