@@ -1,0 +1,60 @@
+"""What a deployment target is: the storage formats a runtime loads, and how to write and read them.
+
+A target answers five questions for the search and for ``presso apply``:
+
+* which storage formats each compressible module may take, under the runtime's shape rules
+  (:meth:`Target.check_plan` raises a one-line :class:`~presso.errors.PressoError` naming the
+  module, the choice and what the target offers);
+* how to reproduce in torch exactly the weights the runtime computes with (the compression
+  engine quantizes on the target's grid, so a trial scores what will be deployed);
+* the exact bytes of the file it writes, predicted before anything is written
+  (:meth:`Target.predict_bytes`; the size objectives read it);
+* how to write that file (:meth:`Target.write`);
+* how to load it back in the runtime (:meth:`Target.load`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class WrittenTarget:
+    """What :meth:`Target.write` produced.
+
+    Attributes:
+        path: the file or folder written.
+        predicted_bytes: :meth:`Target.predict_bytes` before writing (the trial's ``size_bytes``).
+        on_disk_bytes: the bytes that count, measured after writing (same definition).
+        files: ``{file name: bytes}`` of everything written, side files included.
+    """
+
+    path: Path
+    predicted_bytes: int
+    on_disk_bytes: int
+    files: dict[str, int] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Target(Protocol):
+    """A deployment format. Implementations live one per module in ``presso/targets/``."""
+
+    name: str
+    """The registry name a study file uses (``target: gguf``)."""
+
+    runtime: str
+    """Who loads the output, in words (``llama.cpp (llama-cpp-python)``)."""
+
+    def check_plan(self, model, plan) -> None:
+        """Raise :class:`PressoError` if a module's choice is not storable in this target."""
+
+    def predict_bytes(self, model, result) -> int:
+        """Exact bytes of the weights file(s) :meth:`write` would produce for this compression."""
+
+    def write(self, model, result, tokenizer, out: Path, *, force: bool = False) -> WrittenTarget:
+        """Write the deployable artifact for ``model`` compressed as ``result`` says."""
+
+    def load(self, path: Path, **kwargs: Any):
+        """Load ``path`` in the target's runtime (the object the runtime hands back)."""
