@@ -149,9 +149,11 @@ def cmd_apply(args) -> int:
 
     plan = load_plan(args.plan)
     config = _study_config(args) if args.study_file else None
-    report = apply_plan(plan, args.out, model=args.model, config=config, force=args.force, device=args.device)
-    print(f"saved {args.out}: predicted {report.predicted_bytes:,} bytes, on disk {report.on_disk_bytes:,} bytes "
-          f"({report.on_disk_bytes / report.dense_bytes:.1%} of the dense model's {report.dense_bytes:,})")
+    report = apply_plan(plan, args.out, model=args.model, config=config, force=args.force, device=args.device,
+                        target=args.target)
+    print(f"saved {args.out} ({report.target}): predicted {report.predicted_bytes:,} bytes, on disk "
+          f"{report.on_disk_bytes:,} bytes ({report.on_disk_bytes / report.dense_bytes:.1%} of the dense model's "
+          f"{report.dense_bytes:,} in the same format)")
     return 0
 
 
@@ -252,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     apply = sub.add_parser("apply", help="compress a model with a plan and save it")
     apply.add_argument("plan", help="plan file (from presso export)")
-    apply.add_argument("--out", required=True, help="directory to write")
+    apply.add_argument("--out", required=True, help="directory (or .gguf file for --target gguf) to write")
+    apply.add_argument("--target", help="file format: gguf | compressed-tensors | presso (default: the study file's, else presso)")
     apply.add_argument("--model", help="model reference (default: the plan's)")
     apply.add_argument("--study-file", help="study YAML whose text settings to use")
     apply.add_argument("--device", default="cpu")
@@ -260,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     apply.set_defaults(func=cmd_apply)
 
     evaluate = sub.add_parser("evaluate", help="score a saved compressed model")
-    evaluate.add_argument("directory")
+    evaluate.add_argument("directory", help="a saved folder, or a .gguf file (scored in llama.cpp)")
     evaluate.add_argument("--study-file", help="study YAML whose objectives and text to use")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
     evaluate.add_argument("--device", default="cpu")

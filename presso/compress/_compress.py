@@ -179,10 +179,6 @@ def compress_(
     resolved = validate_plan(model, plan)
     modules = target_modules(model)
     wanda = plan.criterion is PruneCriterion.WANDA
-    if calibration is None and any(c.quant.uses_importance and n not in embedding_modules(model)
-                                   for n, c in resolved.items()):
-        raise PressoError("plan.layers: a ggml format with an importance matrix needs calibration statistics; "
-                          "pass calibration=collect_calibration(dense_model, ids)")
     if wanda and any(c.sparsity.active for c in resolved.values()):
         if calibration is None:
             raise PressoError(
@@ -227,7 +223,8 @@ def compress_(
             if fmt is None:
                 continue
             # A ggml format: ggml's own quantizer, with the layer's mean squared input activations as
-            # llama.cpp's importance matrix (tables have no activations: plain ggml rounding).
+            # llama.cpp's importance matrix when calibration statistics are given (the evaluator gives
+            # them for every plan that uses such a format; tables have no activations: plain rounding).
             weight = modules[name].weight
             stats = calibration.sq_norms.get(name) if calibration is not None else None
             importance = stats / max(calibration.n_tokens, 1) if stats is not None else None

@@ -178,6 +178,7 @@ class StudyConfig:
     objectives: tuple[str, ...] = ("ppl_ratio", "size_fraction")
     constraints: tuple[str, ...] = ()
     sampler: str = "evo"
+    target: str = "presso"  # the file format the search works in and `presso apply` writes
     trials: int = 30
     seed: int = 0
     device: str = "auto"
@@ -215,6 +216,11 @@ class StudyConfig:
         object.__setattr__(self, "constraints", tuple(constraints))
         if self.sampler not in SAMPLERS:
             raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}; allowed: {list(SAMPLERS)}")
+        from presso.targets import target_names
+
+        if self.target not in target_names():
+            raise PressoError(f"study.target: got {self.target!r}{did_you_mean(str(self.target), target_names())}; "
+                              f"allowed: {target_names()}")
         if self.backend not in BACKENDS:
             raise PressoError(f"study.backend: got {self.backend!r}{did_you_mean(self.backend, BACKENDS)}; allowed: {list(BACKENDS)}")
         for name, low in (("trials", 1), ("workers", 1), ("max_concurrent", 1), ("heartbeat_s", 1), ("grace_s", 2)):

@@ -207,6 +207,7 @@ class Evaluator:
         from presso.models import load_model, resolve_device
         from presso.objectives import check_constraints, parse_constraint, prepare_all
         from presso.spaces import load_space
+        from presso.targets import get_target
 
         started = time.perf_counter()
         self.config = config
@@ -219,6 +220,8 @@ class Evaluator:
         self.module_names = list(compressible_modules(self.loaded.model))
         self.embedding_names = list(embedding_modules(self.loaded.model))
         self.bound = self.space.bind(self.module_names, exact_names=self.embedding_names)
+        self.target = get_target(config.target)
+        check_space_for_target(self.bound, self.loaded.model, self.target)
         self.objectives = _objectives_for(config.objectives, self.loaded.task)
         self.objective_specs = [
             ObjectiveSpec(o.name, getattr(o.direction, "value", o.direction), o.unit) for o in self.objectives
@@ -265,8 +268,9 @@ class Evaluator:
 
         if fidelity not in ("full", "low"):
             raise PressoError(f"evaluate.fidelity: got {fidelity!r}; allowed: 'full', 'low'")
+        self.target.check_plan(self.assets.dense, plan)
         model, result = self.assets.compress(plan, reuse=True)
-        size = result.size
+        size = target_size(self.target, model, result)
         timings = {"copy_s": result.timings.get("copy_s", 0.0), "compress_s": result.timings.get("total_s", 0.0)}
         try:
             low_values = None
@@ -278,7 +282,7 @@ class Evaluator:
                 timings["low_evaluate_s"] = time.perf_counter() - started
                 if fidelity == "low" or not promote(low_values):
                     timings["evaluate_s"] = timings["low_evaluate_s"]
-                    return Outcome(values=low_values, metrics=size_metrics(result), timings=_with_parts(timings, result),
+                    return Outcome(values=low_values, metrics=size_metrics(result, size), timings=_with_parts(timings, result),
                                    fidelity="low", low_values=low_values)
             started = time.perf_counter()
             trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
@@ -287,7 +291,7 @@ class Evaluator:
             timings["evaluate_s"] = time.perf_counter() - started + timings.get("low_evaluate_s", 0.0)
         finally:
             del model
-        return Outcome(values={k: float(v) for k, v in values.items()}, metrics=size_metrics(result),
+        return Outcome(values={k: float(v) for k, v in values.items()}, metrics=size_metrics(result, size),
                        timings=_with_parts(timings, result), low_values=low_values)
 
 
@@ -296,6 +300,21 @@ def _with_parts(timings: dict, result) -> dict:
         if key in result.timings:
             timings[key] = result.timings[key]
     return timings
+
+
+def _presso_target():
+    from presso.targets import get_target
+
+    return get_target("presso")
+
+
+def _layer_bits(quant) -> float:
+    """Bits per weight of a layer's quantization (a ggml format: its block bits, scales included)."""
+    if quant.format is None:
+        return quant.bits
+    from presso.compress._formats import bits_per_weight
+
+    return bits_per_weight(quant.format)
 
 
 def dense_nbytes(model) -> int:
@@ -309,10 +328,48 @@ def dense_nbytes(model) -> int:
 METRIC_NAMES = ("size_bytes", "dense_bytes", "covered_fraction", "mean_bits", "mean_sparsity")
 
 
-def size_metrics(result) -> dict[str, float]:
-    size = result.size
+@dataclass(frozen=True)
+class TargetSize:
+    """The bytes a trial's size objectives read: the target's file, and the dense model's in it."""
+
+    file_bytes: int
+    dense_bytes: int
+    covered_fraction: float
+
+
+def target_size(target, model, result) -> TargetSize:
+    """Sizes in ``target``'s format (Presso's own: its size report; others: the target's file)."""
+    report = result.size
+    if target.name == "presso":
+        return TargetSize(report.file_bytes, report.dense_bytes, report.covered_fraction)
+    return TargetSize(target.predict_bytes(model, result), target.dense_bytes(model), report.covered_fraction)
+
+
+def check_space_for_target(bound, model, target) -> None:
+    """Every format a space offers must be storable by the target for every module it reaches.
+
+    Raises:
+        PressoError: names the module, the format and what the target offers there.
+    """
+    offered = getattr(target, "offered_formats", None)
+    for unit in bound.units:
+        formats = [f for f in unit.group.format.grid() if f is not None]
+        if formats and offered is None:
+            raise PressoError(f"space.groups[{unit.group.name!r}].format: got {formats}; target {target.name!r} "
+                              "takes bits/group_size, not ggml formats (use target: gguf)")
+        for module in unit.modules if formats else ():
+            in_f = model.get_submodule(module).weight.shape[1]
+            allowed = offered(in_f)
+            for fmt in formats:
+                if fmt not in allowed:
+                    raise PressoError(f"space.groups[{unit.group.name!r}].format: {fmt!r} does not fit module {module!r} "
+                                      f"(rows of {in_f}); target {target.name} offers there: {allowed}")
+
+
+def size_metrics(result, size=None) -> dict[str, float]:
+    size = size or target_size(_presso_target(), None, result)
     layers = result.plan.layers.values()
-    bits = [c.quant.bits for c in layers] or [16]
+    bits = [_layer_bits(c.quant) for c in layers] or [16]
     sparsity = [c.sparsity.amount for c in layers] or [0.0]
     return {
         "size_bytes": float(size.file_bytes),
@@ -328,18 +385,21 @@ class ApplyReport:
     predicted_bytes: int
     on_disk_bytes: int
     dense_bytes: int
+    target: str = "presso"
 
 
 def apply_plan(plan, out_dir, *, model: str | None = None, config: StudyConfig | None = None,
-               force: bool = False, device: str = "cpu") -> ApplyReport:
+               force: bool = False, device: str = "cpu", target: str | None = None) -> ApplyReport:
     """Compress a model with ``plan`` exactly as a study trial did, and save it to ``out_dir``.
 
     The calibration text comes from ``config.eval`` (the study file) or the defaults, so an
     exported plan applied with its study's settings reproduces the trial bit for bit.
     """
-    from presso.compress import save_compressed
     from presso.models import load_model
+    from presso.targets import get_target
 
+    target_name = target or plan.target or (config.target if config else "presso")
+    writer = get_target(target_name)
     ref = model or plan.model or (config.model if config else None)
     if not ref:
         raise PressoError("apply: the plan names no model; pass --model REF (see `presso models`)")
@@ -348,11 +408,12 @@ def apply_plan(plan, out_dir, *, model: str | None = None, config: StudyConfig |
         raise PressoError(f"apply: {str(out)!r} already exists; pass --force to replace it")
     eval_config = config.eval if config else EvalConfig()
     loaded = load_model(ref, device=device, trust_remote_code=bool(config and config.trust_remote_code))
+    writer.check_plan(loaded.model, plan)
     assets = CompressionAssets(loaded.model, TextData(loaded.tokenizer, eval_config))
     compressed, result = assets.compress(plan)
-    saved = save_compressed(compressed, result, loaded.tokenizer, out, force=force)
+    saved = writer.write(compressed, result, loaded.tokenizer, out, force=force)
     return ApplyReport(predicted_bytes=saved.predicted_bytes, on_disk_bytes=saved.on_disk_bytes,
-                       dense_bytes=result.size.dense_bytes)
+                       dense_bytes=target_size(writer, compressed, result).dense_bytes, target=writer.name)
 
 
 def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str = "cpu") -> dict[str, float]:
@@ -365,6 +426,8 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
 
+    if str(directory).endswith(".gguf"):
+        return _evaluate_gguf(Path(directory), config)
     model, tokenizer, plan = load_compressed(directory, device=device)
     if not plan.model and not config:
         raise PressoError(f"evaluate: the plan in {str(directory)!r} names no model; pass --study-file")
@@ -379,4 +442,24 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     weights = Path(directory) / "model.safetensors"
     trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
     values = measure_all(objectives, model, context, trial)
+    return {k: float(v) for k, v in values.items()}
+
+
+def _evaluate_gguf(path: Path, config: StudyConfig | None) -> dict[str, float]:
+    """Score a ``.gguf`` file in llama.cpp on the study's evaluation windows (see :func:`evaluate_saved`)."""
+    from presso.models import load_model
+    from presso.objectives import TrialContext, measure_all, prepare_all
+    from presso.targets import get_target
+
+    if config is None:
+        raise PressoError(f"evaluate: {str(path)!r} is a GGUF file; pass --study-file (it names the dense model and the text)")
+    target = get_target("gguf")
+    dense = load_model(config.model, device="cpu")
+    objectives = _objectives_for(config.objectives, dense.task)
+    text = TextData(dense.tokenizer, config.eval)
+    context = _eval_context(dense, text, "cpu", config.eval)
+    prepare_all(objectives, context)
+    runtime = target.load(path, n_ctx=max(int(context.input_ids.shape[1]), 8))
+    trial = TrialContext(size_bytes=path.stat().st_size, dense_bytes=target.dense_bytes(dense.model))
+    values = measure_all(objectives, runtime, context, trial)
     return {k: float(v) for k, v in values.items()}

@@ -32,6 +32,9 @@ def _plan_summary(plan: dict | None) -> str:
     layers = plan.get("_data", {}).get("layers", {})
     if not layers:
         return "dense"
+    formats = Counter(cfg["quant"]["format"] for cfg in layers.values() if cfg["quant"].get("format"))
+    if formats:
+        return f"{len(layers)} modules: " + ", ".join(f"{n} {name}" for name, n in formats.most_common())
     bits = [cfg["quant"]["bits"] for cfg in layers.values()]
     sparsity = [cfg["sparsity"]["amount"] for cfg in layers.values()]
     return f"{len(layers)} modules, mean {sum(bits) / len(bits):.2f} bits, mean sparsity {sum(sparsity) / len(sparsity):.2f}"

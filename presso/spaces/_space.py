@@ -46,7 +46,7 @@ from presso.plan._config import RecoveryConfig
 from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange
 
 TIES = ("module", "block", "group")
-CHOICE_KEYS = ("sparsity", "structure", "bits", "group_size", "symmetric", "rank")
+CHOICE_KEYS = ("sparsity", "structure", "bits", "group_size", "symmetric", "format", "rank")
 GROUP_KEYS = ("name", "modules", "exclude", "tie", "blocks_per_unit", *CHOICE_KEYS)
 DEFAULT_KEYS = ("criterion", "calibration_samples", "calibration_seq_len", "recovery", "seed")
 SPACE_KEYS = ("name", "description", "model", "defaults", "groups")
@@ -98,6 +98,7 @@ class Group:
     bits: Domain = Fixed(KEEP_BITS)
     group_size: Domain = Fixed(0)
     symmetric: Domain = Fixed(False)
+    format: Domain = Fixed(None)  # ggml formats (gguf target): replaces bits/group_size/symmetric
     rank: Domain = Fixed(0)
 
     @staticmethod
@@ -144,7 +145,11 @@ class Group:
         _check_values(f"{where}.bits", self.bits, lambda v: QuantConfig(bits=v))
         _check_values(f"{where}.group_size", self.group_size, lambda v: QuantConfig(group_size=v))
         _check_values(f"{where}.symmetric", self.symmetric, lambda v: QuantConfig(symmetric=v))
+        _check_values(f"{where}.format", self.format, lambda v: QuantConfig(format=v))
         _check_values(f"{where}.rank", self.rank, lambda v: AdapterConfig(rank=v))
+        if not (isinstance(self.format, Fixed) and self.format.value is None) and not (
+                isinstance(self.bits, Fixed) and self.bits.value == KEEP_BITS):
+            raise PressoError(f"{where}: format and bits are alternatives; allowed: a format list OR bits/group_size")
         if isinstance(self.bits, (FloatRange,)) or isinstance(self.structure, (FloatRange, IntRange)):
             raise PressoError(f"{where}: bits and structure take a list or a fixed value, not a range")
 
@@ -321,7 +326,10 @@ class BoundSpace:
         structure = value("structure")
         amount = 0.0 if parse_structure(structure) is not None else float(value("sparsity"))
         bits = int(value("bits"))
-        if bits == KEEP_BITS:
+        fmt = value("format")
+        if fmt is not None:
+            quant = QuantConfig(format=str(fmt))
+        elif bits == KEEP_BITS:
             quant = QuantConfig(bits=bits)
         else:
             quant = QuantConfig(bits=bits, group_size=int(value("group_size")), symmetric=bool(value("symmetric")))
