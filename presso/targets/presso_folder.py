@@ -1,0 +1,54 @@
+"""The ``presso`` target: Presso's own checksummed folder (everything a plan can hold).
+
+It stores what the runtime formats cannot (sparse encodings, LoRA adapters, 3/5/6/7-bit codes)
+and is read back only by :func:`presso.compress.load_compressed`, which rebuilds dense weights.
+A plain ``transformers`` ``from_pretrained`` on it fails with a message that names
+``load_compressed`` (see ``presso.compress._size.NOT_TRANSFORMERS``), never loads random weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from presso.targets._base import WrittenTarget
+
+
+class PressoTarget:
+    """Wraps :func:`save_compressed` / :func:`load_compressed` / :func:`predict_size`.
+
+    Example::
+
+        target = get_target("presso")
+        written = target.write(model, result, tokenizer, Path("out/plan-17"))
+        model, tokenizer, plan = target.load(written.path)
+    """
+
+    name = "presso"
+    runtime = "Presso (presso.compress.load_compressed)"
+
+    def check_plan(self, model, plan) -> None:
+        """Every plan the compression engine accepts is storable."""
+        from presso.compress import validate_plan
+
+        validate_plan(model, plan)
+
+    def predict_bytes(self, model, result) -> int:
+        """Exact bytes of ``model.safetensors`` (header included), as :func:`save_compressed` writes it."""
+        from presso.compress import predict_size
+
+        return predict_size(model, result).file_bytes
+
+    def write(self, model, result, tokenizer, out: Path, *, force: bool = False) -> WrittenTarget:
+        from presso.compress import save_compressed
+        from presso.compress._size import WEIGHTS_FILE
+
+        report = save_compressed(model, result, tokenizer, out, force=force)
+        return WrittenTarget(path=report.path, predicted_bytes=report.size.file_bytes,
+                             on_disk_bytes=report.files[WEIGHTS_FILE], files=dict(report.files))
+
+    def load(self, path: Path, **kwargs: Any):
+        """``LoadedCompressed(model, tokenizer, plan)``; ``kwargs`` go to :func:`load_compressed` (``device``)."""
+        from presso.compress import load_compressed
+
+        return load_compressed(path, **kwargs)
