@@ -18,7 +18,10 @@ transformers' dequantization computes the very weights Presso scored.
 
 Rules (from what vLLM's ``CompressedTensorsWNA16`` scheme serves): 4 or 8 bits only, no
 sparsity, no LoRA adapters, embedding tables unquantized (vLLM quantizes Linear layers only),
-and the projections vLLM fuses into one matmul (q/k/v, gate/up) share one format.
+and the projections vLLM fuses into one matmul (q/k/v, gate/up) share one format. Every Linear
+no config group targets is listed in ``ignore`` (vLLM refuses a Linear that matches neither).
+Not checked here: which vLLM kernel takes a layer (Marlin wants ``in_features % 128 == 0``;
+other shapes fall back to vLLM's other mixed-precision kernels).
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ _OFFERED = "int4/int8 weight-only, group_size 0 (per channel)/32/64/128, symmetr
 # NOTE: asymmetric (zero-point) checkpoints are written in the library's layout (zero points packed
 # along dim 0, as vLLM reads them), but transformers 5.24 with compressed-tensors 0.20 cannot load
 # them (it builds the compressed module on the meta device, where the library leaves the zero point
-# unpacked, and refuses the shape mismatch). Until that loads, the target offers symmetric only.
+# unpacked, and refuses the shape mismatch; known upstream: llm-compressor#1618, compressed-tensors#458).
+# Until that loads, the target offers symmetric only.
 _NO_ZERO_POINTS = ("allowed: symmetric true (transformers 5.24 + compressed-tensors 0.20 cannot load packed zero "
                    "points; use target presso or gguf for zero points)")
 
@@ -241,6 +245,8 @@ class CompressedTensorsTarget:
             config.pop("transformers_weights", None)
             (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
             ModelCompressor(quantization_config=qconfig).update_config(str(tmp))  # the library writes its config
+            if getattr(model, "can_generate", lambda: False)() and model.generation_config is not None:
+                model.generation_config.save_pretrained(str(tmp))  # as save_pretrained does (vLLM reads it)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
             if out.exists():

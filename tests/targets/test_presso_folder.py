@@ -6,7 +6,7 @@ import transformers
 
 from presso.compress import compress_, load_compressed
 from presso.plan import LayerConfig, Plan, QuantConfig, SparsityConfig
-from presso.targets import get_target
+from presso.targets import Target, get_target
 
 from .conftest import tiny_bert, tiny_llama
 
@@ -36,3 +36,9 @@ def test_plain_from_pretrained_fails_with_the_load_compressed_hint(tmp_path, bui
     with pytest.raises(ValueError, match=r"presso\.compress\.load_compressed\(DIR\)"):
         auto.from_pretrained(str(tmp_path / "p"))
     load_compressed(tmp_path / "p")  # Presso's own loader is unaffected
+
+
+@pytest.mark.parametrize("name", ["presso", "compressed-tensors"])
+def test_targets_implement_the_protocol(name):
+    target = get_target(name)
+    assert isinstance(target, Target) and target.name == name
