@@ -71,8 +71,13 @@ def _format_name(fmt) -> str:
 
 
 def scale_dtype(model_dtype: torch.dtype) -> torch.dtype:
-    """Scales in the model's dtype when it holds fp16 values exactly, else fp16 (bf16 would round them)."""
-    return model_dtype if model_dtype in (torch.float32, torch.float64, torch.float16) else torch.float16
+    """fp32 for fp32 models, else fp16 (Presso's scales are fp16; both hold them exactly).
+
+    transformers casts the scales to the model's dtype when it loads them, and the library
+    dequantizes in that dtype: fp32 and fp16 models compute exactly Presso's weights, a bf16
+    model rounds the scales to bf16 (a runtime property no stored dtype avoids).
+    """
+    return torch.float32 if model_dtype == torch.float32 else torch.float16
 
 
 def _packed_cols(n: int, bits: int) -> int:
