@@ -147,9 +147,14 @@ class CompressedTensorsTarget:
 
     # -- layout -----------------------------------------------------------------------
 
-    def _quantized(self, result) -> dict[str, Any]:
+    def _quantized(self, model: nn.Module, result) -> dict[str, Any]:
+        """The result's quantized modules; anything this target cannot store raises (as check_plan would)."""
         mods = {}
+        embeddings = embedding_modules(model)
         for name, rec in result.modules.items():
+            if name in embeddings and rec.bits is not None:
+                raise PressoError(f"target compressed-tensors: embedding table {name!r} is quantized; allowed: "
+                                  "embedding tables unquantized (vLLM loads compressed-tensors quantization on Linear layers only)")
             if rec.mask is not None or name in result.adapters:
                 raise PressoError(f"target compressed-tensors: module {name!r} is pruned or has an adapter; "
                                   f"allowed: {_OFFERED} (call check_plan before compressing)")
@@ -164,7 +169,7 @@ class CompressedTensorsTarget:
 
     def _specs(self, model: nn.Module, result) -> tuple[list[TensorSpec], dict[str, torch.Tensor]]:
         """The tensors of the weights file (specs) and the untouched ones to copy (by name)."""
-        mods = self._quantized(result)
+        mods = self._quantized(model, result)
         unique, _ = unique_state(model)
         specs: list[TensorSpec] = []
         for name, rec in mods.items():
@@ -189,7 +194,7 @@ class CompressedTensorsTarget:
 
         specs, unique = self._specs(model, result)
         tensors = {k: v.detach().contiguous() for k, v in unique.items()}
-        for name, rec in self._quantized(result).items():
+        for name, rec in self._quantized(model, result).items():
             half = 1 << (rec.bits - 1)
             # Presso's unsigned codes -> the library's signed int8 values (it adds 2**(bits-1) back when packing).
             signed = (rec.codes.to(torch.int16) - half).to(torch.int8)
@@ -209,7 +214,7 @@ class CompressedTensorsTarget:
         from compressed_tensors.quantization import QuantizationArgs, QuantizationConfig, QuantizationScheme
 
         by_format: dict[tuple[int, int, bool], list[str]] = {}
-        for name, rec in self._quantized(result).items():
+        for name, rec in self._quantized(model, result).items():
             by_format.setdefault((rec.bits, rec.group_size, rec.symmetric), []).append(name)
         groups = {}
         for i, ((bits, g, sym), names) in enumerate(by_format.items()):

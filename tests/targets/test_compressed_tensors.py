@@ -131,3 +131,10 @@ def test_write_refuses_what_check_plan_refuses(tmp_path):
     with pytest.raises(PressoError, match="zero points"):
         get_target("compressed-tensors").write(model, result, None, tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_write_refuses_a_quantized_embedding_table(tmp_path):
+    model = tiny_llama()
+    result = compress_(model, Plan(layers={"model.embed_tokens": _q(8, 0)}))
+    with pytest.raises(PressoError, match="embedding table 'model.embed_tokens' is quantized"):
+        get_target("compressed-tensors").predict_bytes(model, result)
