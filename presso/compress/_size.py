@@ -312,12 +312,22 @@ def tokenizer_files(tokenizer, refresh: bool = False) -> dict[str, bytes]:
     return files
 
 
+# transformers' `from_pretrained` reads `transformers_weights` as the weights file to load and raises
+# ValueError quoting it when it is not a *.safetensors name: a plain `from_pretrained` on a Presso
+# folder thus fails with this hint instead of random-initialising the packed weights.
+# `load_compressed` builds the model with `from_config`, which ignores the key.
+NOT_TRANSFORMERS = ("this is a Presso folder (packed codes): load it with presso.compress.load_compressed(DIR), "
+                    "or write a runtime format with presso apply --target compressed-tensors|gguf")
+
+
 def config_text(model) -> str:
-    """``config.json`` as written for ``model`` (``architectures`` set like ``save_pretrained``)."""
+    """``config.json`` as written for ``model`` (``architectures`` set like ``save_pretrained``;
+    ``transformers_weights`` set to :data:`NOT_TRANSFORMERS`)."""
     import copy
 
     config = copy.deepcopy(model.config)
     config.architectures = [type(model).__name__]
+    config.transformers_weights = NOT_TRANSFORMERS
     return config.to_json_string(use_diff=True)
 
 

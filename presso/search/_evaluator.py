@@ -426,8 +426,9 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
 
-    if str(directory).endswith(".gguf"):
-        return _evaluate_gguf(Path(directory), config)
+    runtime_target = _runtime_target(Path(directory))
+    if runtime_target is not None:
+        return _evaluate_in_runtime(Path(directory), runtime_target, config)
     model, tokenizer, plan = load_compressed(directory, device=device)
     if not plan.model and not config:
         raise PressoError(f"evaluate: the plan in {str(directory)!r} names no model; pass --study-file")
@@ -445,21 +446,43 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     return {k: float(v) for k, v in values.items()}
 
 
-def _evaluate_gguf(path: Path, config: StudyConfig | None) -> dict[str, float]:
-    """Score a ``.gguf`` file in llama.cpp on the study's evaluation windows (see :func:`evaluate_saved`)."""
+def _runtime_target(path: Path) -> str | None:
+    """The runtime format of ``path``: ``gguf`` for a .gguf file, ``compressed-tensors`` for a
+    transformers folder with such a ``quantization_config``, else ``None`` (a Presso folder)."""
+    import json
+
+    if path.suffix == ".gguf":
+        return "gguf"
+    config_file = path / "config.json"
+    if path.is_dir() and not (path / "presso_manifest.json").exists() and config_file.is_file():
+        quant = json.loads(config_file.read_text(encoding="utf-8")).get("quantization_config") or {}
+        if quant.get("quant_method") == "compressed-tensors":
+            return "compressed-tensors"
+    return None
+
+
+def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | None) -> dict[str, float]:
+    """Score a target's file loaded by its runtime (llama.cpp for GGUF, transformers for
+    compressed-tensors) on the study's evaluation text, with the same objectives as a trial."""
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
     from presso.targets import get_target
 
     if config is None:
-        raise PressoError(f"evaluate: {str(path)!r} is a GGUF file; pass --study-file (it names the dense model and the text)")
-    target = get_target("gguf")
+        raise PressoError(f"evaluate: {str(path)!r} is a {target_name} model; pass --study-file "
+                          "(it names the dense model and the evaluation text)")
+    target = get_target(target_name)
     dense = load_model(config.model, device="cpu")
     objectives = _objectives_for(config.objectives, dense.task)
     text = TextData(dense.tokenizer, config.eval)
     context = _eval_context(dense, text, "cpu", config.eval)
     prepare_all(objectives, context)
-    runtime = target.load(path, n_ctx=max(int(context.input_ids.shape[1]), 8))
-    trial = TrialContext(size_bytes=path.stat().st_size, dense_bytes=target.dense_bytes(dense.model))
+    if target_name == "gguf":
+        runtime = target.load(path, n_ctx=max(int(context.input_ids.shape[1]), 8))
+        size = path.stat().st_size
+    else:
+        runtime = target.load(path).eval()
+        size = (path / "model.safetensors").stat().st_size
+    trial = TrialContext(size_bytes=size, dense_bytes=target.dense_bytes(dense.model))
     values = measure_all(objectives, runtime, context, trial)
     return {k: float(v) for k, v in values.items()}

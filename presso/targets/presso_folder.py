@@ -1,7 +1,9 @@
-"""The ``presso`` target: Presso's own folder (bit-packed codes, sparse bitmasks, LoRA adapters).
+"""The ``presso`` target: Presso's own checksummed folder (everything a plan can hold).
 
-It stores what the runtimes' formats cannot (3/5/6/7-bit codes, sparse encodings, adapters);
-:func:`presso.compress.load_compressed` loads it back.
+It stores what the runtime formats cannot (sparse encodings, LoRA adapters, 3/5/6/7-bit codes)
+and is read back only by :func:`presso.compress.load_compressed`, which rebuilds dense weights.
+A plain ``transformers`` ``from_pretrained`` on it fails with a message that names
+``load_compressed`` (see ``presso.compress._size.NOT_TRANSFORMERS``), never loads random weights.
 """
 
 from __future__ import annotations
@@ -14,31 +16,50 @@ from presso.targets._base import WrittenTarget
 
 
 class PressoTarget:
+    """Wraps :func:`save_compressed` / :func:`load_compressed` / :func:`predict_size`.
+
+    Example::
+
+        target = get_target("presso")
+        written = target.write(model, result, tokenizer, Path("out/plan-17"))
+        model, tokenizer, plan = target.load(written.path)
+    """
+
     name = "presso"
-    runtime = "presso (presso.compress.load_compressed)"
+    runtime = "Presso (presso.compress.load_compressed)"
 
     def check_plan(self, model, plan) -> None:
+        """Every plan the compression engine accepts is storable, except ggml formats (target gguf)."""
+        from presso.compress import validate_plan
+
         for key, cfg in plan.layers.items():
             if cfg.quant.format is not None:
                 raise PressoError(f"plan.layers[{key!r}].quant.format: got {cfg.quant.format!r}; target presso stores "
                                   "bits/group_size codes; allowed: target gguf for ggml formats")
+        validate_plan(model, plan)
 
     def dense_bytes(self, model) -> int:
+        """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
         from presso.search._evaluator import dense_nbytes
 
         return dense_nbytes(model)
 
     def predict_bytes(self, model, result) -> int:
-        return result.size.file_bytes
+        """Exact bytes of ``model.safetensors`` (header included), as :func:`save_compressed` writes it."""
+        from presso.compress import predict_size
+
+        return predict_size(model, result).file_bytes
 
     def write(self, model, result, tokenizer, out: Path, *, force: bool = False) -> WrittenTarget:
         from presso.compress import save_compressed
+        from presso.compress._size import WEIGHTS_FILE
 
-        saved = save_compressed(model, result, tokenizer, out, force=force)
-        return WrittenTarget(path=saved.path, predicted_bytes=saved.predicted_bytes,
-                             on_disk_bytes=saved.on_disk_bytes, files=saved.files)
+        report = save_compressed(model, result, tokenizer, out, force=force)
+        return WrittenTarget(path=report.path, predicted_bytes=report.size.file_bytes,
+                             on_disk_bytes=report.files[WEIGHTS_FILE], files=dict(report.files))
 
     def load(self, path: Path, **kwargs: Any):
+        """``LoadedCompressed(model, tokenizer, plan)``; ``kwargs`` go to :func:`load_compressed` (``device``)."""
         from presso.compress import load_compressed
 
-        return load_compressed(path, **kwargs).model
+        return load_compressed(path, **kwargs)
