@@ -17,7 +17,7 @@ Per trial::
                          TrialContext(number=n, size_bytes=s, dense_bytes=d))
 """
 
-from presso.objectives import _embedding, _kernel_latency, _language, _latency, _size  # noqa: F401 - registers built-ins
+from presso.objectives import _embedding, _kernel_latency, _language, _latency, _llama_latency, _size  # noqa: F401 - registers built-ins
 from presso.objectives._base import (
     BaseObjective,
     Direction,

@@ -160,3 +160,22 @@ def test_plans_with_formats_round_trip_and_old_plans_read_the_same(tmp_path):
     assert load_plan(tmp_path / "p.yaml") == MIXED
     old = plan_to_dict(Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=4, group_size=32))}))
     assert "format" not in old["_data"]["layers"]["re:.*"]["quant"] and "target" not in old["_data"]
+
+
+def test_llama_decode_latency_is_measured_on_the_trials_gguf(tmp_path):
+    from presso.objectives import EvalContext, TrialContext, get_objective
+    from presso.objectives._kernel_latency import COMPRESSION_KEY
+
+    model = tiny_llama(tmp_path)
+    compressed = copy.deepcopy(model)
+    result = compress_(compressed, MIXED, calibration=collect_calibration(model, _ids(4, 32, seed=2)))
+    objective = get_objective("llama_decode_ms")
+    ctx = EvalContext(task="causal-lm", device="cpu", input_ids=_ids(2, 32), dense_model=model)
+    trial = TrialContext(size_bytes=1, dense_bytes=2)
+    trial.cache[COMPRESSION_KEY] = result
+    ms = objective.compute(compressed, ctx, trial)
+    assert 0 < ms < 10_000 and trial.cache["llama_prompt_tok_s"] > 0
+    rtn = compress_(copy.deepcopy(model), Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=4, group_size=32))}))
+    trial.cache[COMPRESSION_KEY] = rtn
+    with pytest.raises(PressoError, match="target: gguf"):
+        objective.compute(compressed, ctx, trial)
