@@ -17,6 +17,9 @@ BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, KEEP_BITS)
 STORAGE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0",
                    "IQ4_NL", "Q3_K", "Q2_K")
 """ggml block formats (GGUF tensor types) a layer may name in ``quant.format``, largest first."""
+FORMAT_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 5.5, "Q5_1": 6.0,
+               "Q5_0": 5.5, "Q4_K": 4.5, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625}
+"""Stored bits per weight of each format, block scales included (checked against gguf's table in the tests)."""
 IMPORTANCE_FORMATS = frozenset({"Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"})
 """Formats whose ggml quantizer weighs errors by an importance matrix from calibration text."""
 UNSTRUCTURED = "unstructured"
@@ -129,6 +132,11 @@ class QuantConfig:
     @property
     def active(self) -> bool:
         return self.bits != KEEP_BITS or self.format is not None
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Stored bits per weight: ``bits`` for Presso's codes (scales not counted), a format's block bits."""
+        return self.bits if self.format is None else FORMAT_BITS[self.format]
 
     @property
     def uses_importance(self) -> bool:

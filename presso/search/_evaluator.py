@@ -308,15 +308,6 @@ def _presso_target():
     return get_target("presso")
 
 
-def _layer_bits(quant) -> float:
-    """Bits per weight of a layer's quantization (a ggml format: its block bits, scales included)."""
-    if quant.format is None:
-        return quant.bits
-    from presso.compress._formats import bits_per_weight
-
-    return bits_per_weight(quant.format)
-
-
 def dense_nbytes(model) -> int:
     """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
     from presso.compress._size import unique_state
@@ -369,7 +360,7 @@ def check_space_for_target(bound, model, target) -> None:
 def size_metrics(result, size=None) -> dict[str, float]:
     size = size or target_size(_presso_target(), None, result)
     layers = result.plan.layers.values()
-    bits = [_layer_bits(c.quant) for c in layers] or [16]
+    bits = [c.quant.bits_per_weight for c in layers] or [16]
     sparsity = [c.sparsity.amount for c in layers] or [0.0]
     return {
         "size_bytes": float(size.file_bytes),

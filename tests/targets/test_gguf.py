@@ -179,3 +179,11 @@ def test_llama_decode_latency_is_measured_on_the_trials_gguf(tmp_path):
     trial.cache[COMPRESSION_KEY] = rtn
     with pytest.raises(PressoError, match="target: gguf"):
         objective.compute(compressed, ctx, trial)
+
+
+def test_format_bits_table_matches_gguf():
+    from presso.plan._config import FORMAT_BITS, STORAGE_FORMATS
+
+    assert set(FORMAT_BITS) == set(STORAGE_FORMATS)
+    for name, bits in FORMAT_BITS.items():
+        assert bits == formats.bits_per_weight(name), name

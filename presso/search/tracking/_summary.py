@@ -10,6 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from presso.plan._config import FORMAT_BITS
 from presso.search._records import TrialRow
 
 # MLflow limits (mlflow.utils.validation): longer values are rejected, not cut.
@@ -87,7 +88,7 @@ def _layer_numbers(cfg: Mapping) -> tuple[float, float, str, int]:
     adapter = cfg.get("adapter") or {}
     return (
         float(sparsity.get("amount", 0.0) or 0.0),
-        float(quant.get("bits", 16) or 16),
+        FORMAT_BITS[quant["format"]] if quant.get("format") else float(quant.get("bits", 16) or 16),
         str(sparsity.get("structure", "unstructured")),
         int(adapter.get("rank", 0) or 0),
     )
