@@ -10,7 +10,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters, recover_
 from presso.compress._calibration import CalibrationStats, TeacherCache
-from presso.compress._formats import block_size, dequantize_rows, quantize_rows
+from presso.compress._formats import FormatCache, block_size, dequantize_rows, quantize_rows
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
@@ -89,6 +89,42 @@ def _divisors(n: int) -> list[int]:
     return [d for d in (8, 16, 32, 64, 128, 256) if n % d == 0] or [n]
 
 
+def _apply_formats(result: CompressionResult, modules, calibration, cache: FormatCache | None) -> None:
+    """Quantize every layer with a ggml format by ggml's own routine, in parallel threads.
+
+    The layer's mean squared input activations serve as llama.cpp's importance matrix when
+    calibration statistics are given (the evaluator gives them to every plan with such a format;
+    embedding tables have no activations: plain ggml rounding). ggml runs without Python's lock,
+    so threads quantize several layers at once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(name, rec) for name, rec in result.modules.items() if rec.config.quant.format is not None]
+    if not jobs:
+        return
+
+    def run(job):
+        name, rec = job
+        fmt, weight = rec.config.quant.format, modules[name].weight
+        key = (name, fmt, rec.config.sparsity, id(calibration))
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            stats = calibration.sq_norms.get(name) if calibration is not None else None
+            importance = stats / max(calibration.n_tokens, 1) if stats is not None else None
+            packed = quantize_rows(weight, fmt, importance)
+            restored = dequantize_rows(packed, fmt, weight.dtype).reshape(weight.shape)
+            if cache is not None:
+                cache.put(key, packed, restored)
+        else:
+            packed, restored = hit
+        rec.format, rec.packed = fmt, packed
+        with torch.no_grad():  # grad mode is per thread: the caller's no_grad does not reach here
+            weight.copy_(restored)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(torch.get_num_threads(), len(jobs)))) as pool:
+        list(pool.map(run, jobs))
+
+
 def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
     """Resolve ``plan`` against ``model`` and check every layer config fits its module.
 
@@ -143,6 +179,7 @@ def compress_(
     *,
     calibration: CalibrationStats | None = None,
     teacher: TeacherCache | None = None,
+    format_cache: FormatCache | None = None,
 ) -> CompressionResult:
     """Prune, quantize and add LoRA adapters to ``model`` in place, as ``plan`` says.
 
@@ -159,6 +196,8 @@ def compress_(
         calibration: activation statistics from :func:`collect_calibration` on the dense
             model; required for ``criterion: wanda`` with any sparsity.
         teacher: a :class:`TeacherCache` built from the dense model; required for recovery.
+        format_cache: a per-worker :class:`FormatCache` of ggml-format layers (search workers
+            pass one; the dense weights must be the same model's every call).
 
     Returns:
         A :class:`CompressionResult` (timings, per-module codes, predicted size).
@@ -218,18 +257,7 @@ def compress_(
             result.modules[name] = rec
     t1 = time.perf_counter()
     with torch.no_grad():
-        for name, rec in result.modules.items():
-            fmt = rec.config.quant.format
-            if fmt is None:
-                continue
-            # A ggml format: ggml's own quantizer, with the layer's mean squared input activations as
-            # llama.cpp's importance matrix when calibration statistics are given (the evaluator gives
-            # them for every plan that uses such a format; tables have no activations: plain rounding).
-            weight = modules[name].weight
-            stats = calibration.sq_norms.get(name) if calibration is not None else None
-            importance = stats / max(calibration.n_tokens, 1) if stats is not None else None
-            rec.format, rec.packed = fmt, quantize_rows(weight, fmt, importance)
-            weight.copy_(dequantize_rows(rec.packed, fmt).reshape(weight.shape))
+        _apply_formats(result, modules, calibration, format_cache)
         quantized = [n for n, rec in result.modules.items() if rec.config.quant.active and rec.format is None]
         # One float32 scratch buffer, reused by every module (avoids a fresh allocation per layer).
         largest = max((modules[n].weight.numel() for n in quantized), default=0)

@@ -122,3 +122,43 @@ def dequantize_rows(data: np.ndarray, name: str, dtype: torch.dtype = torch.floa
 
     values = gguf.quants.dequantize(data, _qtype(name))
     return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(dtype)
+
+
+class FormatCache:
+    """Per-worker cache of quantized layers: ``(module, format, inputs) -> (blocks, weights)``.
+
+    A study revisits the same choice for a layer many times (EvoPress-style searches change one
+    or two units per child); ggml's quantizers with an importance matrix cost up to a second per
+    million weights, so a revisited choice is served from here instead. The key holds everything
+    the blocks depend on: the module, the format, the layer's sparsity config and the identity of
+    the calibration statistics (the dense weights are the worker's own, fixed). Bounded by
+    ``max_bytes`` (least recently used entries go first).
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        from collections import OrderedDict
+
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry
+
+    def put(self, key, packed: np.ndarray, weight: torch.Tensor) -> None:
+        size = packed.nbytes + weight.numel() * weight.element_size()
+        if size > self.max_bytes or key in self._entries:
+            return
+        self._entries[key] = (packed, weight)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (old_packed, old_weight) = self._entries.popitem(last=False)
+            self._bytes -= old_packed.nbytes + old_weight.numel() * old_weight.element_size()

@@ -80,6 +80,7 @@ class CompressionAssets:
         self._teachers: dict[tuple[int, int], object] = {}
         self._work = None  # (model, {fqn: (dense weight, work weight)}), see _reusable_copy
         self._dirty: set[str] = set()
+        self._format_cache = None  # ggml-format layers, built on the first plan that uses one
 
     def calibration(self, samples: int, seq_len: int):
         """The dense model's calibration statistics for these settings (computed once)."""
@@ -99,6 +100,12 @@ class CompressionAssets:
         kwargs = {}
         if plan.needs_calibration:
             kwargs["calibration"] = self.calibration(*key)
+        if any(c.quant.format is not None for c in plan.layers.values()):
+            from presso.compress._formats import FormatCache
+
+            if self._format_cache is None:
+                self._format_cache = FormatCache()
+            kwargs["format_cache"] = self._format_cache
         if plan.needs_recovery:
             if key not in self._teachers:
                 self._teachers[key] = TeacherCache.build(self.dense, self.text.calibration_ids(*key))

@@ -187,3 +187,19 @@ def test_format_bits_table_matches_gguf():
     assert set(FORMAT_BITS) == set(STORAGE_FORMATS)
     for name, bits in FORMAT_BITS.items():
         assert bits == formats.bits_per_weight(name), name
+
+
+def test_a_revisited_layer_choice_is_served_from_the_cache_with_the_same_blocks(tmp_path):
+    model = tiny_llama(tmp_path)
+    stats = collect_calibration(model, _ids(4, 32, seed=2))
+    cache = formats.FormatCache()
+    first = compress_(copy.deepcopy(model), MIXED, calibration=stats, format_cache=cache)
+    assert cache.hits == 0 and cache.misses == len(first.modules)
+    again_model = copy.deepcopy(model)
+    again = compress_(again_model, MIXED, calibration=stats, format_cache=cache)
+    assert cache.hits == len(again.modules)
+    fresh_model = copy.deepcopy(model)
+    fresh = compress_(fresh_model, MIXED, calibration=stats)
+    for name, rec in fresh.modules.items():
+        assert np.array_equal(rec.packed, again.modules[name].packed), name
+    assert all(torch.equal(a, b) for a, b in zip(fresh_model.state_dict().values(), again_model.state_dict().values()))
