@@ -101,7 +101,13 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
                                           bound, report.notes):
             enqueue(params, "from_study", attrs)
         report.seconds["from_study"] = time.perf_counter() - started
-    if warm.sensitivity:
+    formats = any(f is not None for unit in bound.units for f in unit.group.format.grid())
+    if warm.sensitivity and formats:
+        # The weight-error and size maths below model Presso's own codes (bits/group_size), not
+        # ggml's block formats: a format space is seeded with its uniform plans only.
+        report.notes.append("warm start: no sensitivity-guided plans (the space lists ggml formats; "
+                            "uniform plans seed it)")
+    elif warm.sensitivity:
         started = time.perf_counter()
         count = min(warm.sensitivity_plans, max(2, config.trials // 5))
         try:
@@ -114,7 +120,7 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
             enqueue(params, "sensitivity", attrs)
         report.seconds["sensitivity"] = time.perf_counter() - started
     if warm.uniform and combos:
-        count = min(len(combos), max(1, config.trials // 5))
+        count = min(len(combos), max(1, config.trials // (3 if formats else 5)))
         step = len(combos) / count
         for i in range(count):
             enqueue(bound.params_for(combos[int(i * step)]), "uniform")
