@@ -156,17 +156,35 @@ def cmd_apply(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from presso.search import evaluate_saved
+    from presso.search import evaluate_saved, evaluate_saved_report
 
     config = _study_config(args) if args.study_file else None
-    values = evaluate_saved(args.directory, config=config, device=args.device)
-    if args.format == "json":
-        print(json.dumps(values, indent=1))
+    if args.report:
+        values, reports = evaluate_saved_report(args.directory, config=config, device=args.device)
     else:
-        width = max(len(k) for k in values)
-        for name, value in values.items():
-            print(f"{name:<{width}}  {value:.6g}")
+        values, reports = evaluate_saved(args.directory, config=config, device=args.device), None
+    if args.format == "json":
+        tables = {which: report["table"] for which, report in (reports or {}).items()}
+        print(json.dumps({"values": values, "report": tables} if reports else values, indent=1))
+        return 0
+    width = max(len(k) for k in values)
+    for name, value in values.items():
+        print(f"{name:<{width}}  {value:.6g}")
+    if reports:
+        print()
+        print(side_by_side(f"compressed ({args.directory})", reports["compressed"]["text"],
+                           "uncompressed", reports["uncompressed"]["text"]))
     return 0
+
+
+def side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:
+    """Two text blocks in columns (the classification reports of both models, for comparison)."""
+    lefts, rights = [left_title, *left.rstrip().splitlines()], [right_title, *right.rstrip().splitlines()]
+    width = max(len(line) for line in lefts) + 4
+    rows = max(len(lefts), len(rights))
+    lefts += [""] * (rows - len(lefts))
+    rights += [""] * (rows - len(rights))
+    return "\n".join(f"{a:<{width}}{b}".rstrip() for a, b in zip(lefts, rights))
 
 
 def cmd_models(args) -> int:
@@ -263,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("directory")
     evaluate.add_argument("--study-file", help="study YAML whose objectives and text to use")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
+    evaluate.add_argument("--report", action="store_true",
+                          help="also print the classification report, next to the uncompressed model's (task models)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -373,6 +373,37 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     The dense model named in the saved plan provides the reference outputs; sizes are read
     from the files on disk. Checksums are verified on load.
     """
+    return _evaluate_saved(directory, config=config, device=device)[0]
+
+
+def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
+                          device: str = "cpu") -> tuple[dict[str, float], dict[str, dict]]:
+    """:func:`evaluate_saved` plus the classification reports of the saved model and of the
+    uncompressed one, on the study's labelled set (``eval.labels``).
+
+    Returns:
+        ``(values, {"compressed": {"text", "table"}, "uncompressed": {"text", "table"}})``:
+        the report as scikit-learn / seqeval print it and as a dict.
+
+    Raises:
+        PressoError: the model has no classification head or the study gives no labelled set.
+    """
+    from presso.objectives import predict, task_report
+
+    values, model, context = _evaluate_saved(directory, config=config, device=device)
+    if context.task.value not in ("sequence-classification", "token-classification") or context.labelled is None:
+        raise PressoError(
+            f"evaluate --report: needs a model with a classification head and a labelled set (study eval.labels); "
+            f"got a {context.task.value} model{'' if context.labelled is not None else ' and no eval.labels'}"
+        )
+    reports = {}
+    for which, scored in (("compressed", model), ("uncompressed", context.dense_model)):
+        text, table = task_report(*predict(scored, context), context.task)
+        reports[which] = {"text": text, "table": table}
+    return values, reports
+
+
+def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
     from presso.compress import load_compressed
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
@@ -391,4 +422,4 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     weights = Path(directory) / "model.safetensors"
     trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
     values = measure_all(objectives, model, context, trial)
-    return {k: float(v) for k, v in values.items()}
+    return {k: float(v) for k, v in values.items()}, model, context
