@@ -176,11 +176,18 @@ def load_conll(path: str | Path) -> TaggedData:
 
 def load_labelled(path: str | Path) -> LabelledData | TaggedData:
     """Read a labelled file by its suffix: ``.csv`` (``text,label`` header), ``.jsonl``/``.json``
-    (one ``{"text", "label"}`` object a line) or a CoNLL-style file (:data:`CONLL_SUFFIXES`).
+    (one ``{"text", "label"}`` object a line) or a CoNLL-style file (:data:`CONLL_SUFFIXES`);
+    or a built-in set (``builtin:newsgroups-test``, see :mod:`presso.data`).
 
     Raises:
         PressoError: an unknown suffix (names the allowed ones), or the reader's error.
     """
+    if str(path).startswith("builtin:"):
+        from presso.data import BUILTIN_LABELLED, newsgroups
+
+        if str(path) not in BUILTIN_LABELLED:
+            raise PressoError(f"labelled data: unknown built-in {str(path)!r}; allowed: {list(BUILTIN_LABELLED)} or a file")
+        return LabelledData(*newsgroups(BUILTIN_LABELLED[str(path)]))
     suffix = Path(path).suffix.lower()
     if suffix == ".csv":
         return load_labelled_csv(path)
