@@ -99,6 +99,14 @@ def test_report_lists_classes_and_averages(token_cls, seq_cls, make_ctx):
     assert table["pets"]["support"] == 8.0 and table["accuracy"] == 1.0 and "weighted avg" in text
 
 
+def test_one_row_in_a_hundred_is_exactly_a_drop_of_001(make_ctx, seq_cls):
+    ctx, (drop,) = make_ctx("sequence-classification", seq_cls, ["accuracy_drop"])
+    ctx.references["task/dense/256"] = {"scores": {"accuracy": 0.93}, "predictions": []}
+    trial = TrialContext()
+    trial.cache["task/scores/256"] = {"accuracy": 0.92}
+    assert 0.93 - 0.92 > 0.01 and drop.measure(seq_cls, ctx, trial) == 0.01
+
+
 def test_labels_may_be_ids_but_must_be_classes_of_the_head(seq_cls, make_ctx):
     by_id = LabelledData(LABELLED.texts, ["0" if y == "finance" else "1" for y in LABELLED.labels])
     ctx, (accuracy,) = make_ctx("sequence-classification", seq_cls, ["accuracy"], labelled=by_id)
