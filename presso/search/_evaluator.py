@@ -396,9 +396,13 @@ def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
             f"evaluate --report: needs a model with a classification head and a labelled set (study eval.labels); "
             f"got a {context.task.value} model{'' if context.labelled is not None else ' and no eval.labels'}"
         )
+    gold, predicted = predict(model, context)
+    dense = context.references.get("task/dense", {}).get("predictions")  # kept by the task objectives' prepare
+    if dense is None:
+        dense = predict(context.dense_model, context)[1]
     reports = {}
-    for which, scored in (("compressed", model), ("uncompressed", context.dense_model)):
-        text, table = task_report(*predict(scored, context), context.task)
+    for which, labels in (("compressed", predicted), ("uncompressed", dense)):
+        text, table = task_report(gold, labels, context.task)
         reports[which] = {"text": text, "table": table}
     return values, reports
 
