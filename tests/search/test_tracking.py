@@ -371,3 +371,30 @@ def test_front_artifacts_handle_three_objectives(tmp_path):
     reader = csv.reader(io.StringIO((folder / "pareto_front.csv").read_text()))
     assert next(reader)[:4] == ["trial", "a", "b", "c"]
     assert sorted(p.name for p in (folder / "best_plans").iterdir()) == ["best_a.yaml", "best_b.yaml", "best_c.yaml"]
+
+
+def test_pareto_png_puts_size_on_x_goes_log_for_an_outlier_and_labels_do_not_overlap(tmp_path):
+    from presso.search._records import TrialRow
+    from presso.search.tracking._plots import axis_scale, pareto_figure, write_png
+
+    objectives = [{"name": "ppl_ratio", "direction": "minimize", "unit": "ratio"},
+                  {"name": "size_fraction", "direction": "minimize", "unit": "fraction"}]
+    # a crowded front (labels would collide at one offset) and one ppl ratio of 19
+    points = [(1.0 + 0.01 * i, 0.30 - 0.004 * i) for i in range(12)] + [(19.0, 0.1), (1.5, 0.6)]
+    rows = [TrialRow(number=i, state="COMPLETE", values={"ppl_ratio": p, "size_fraction": s})
+            for i, (p, s) in enumerate(points)]
+    front = set(range(13))
+    fig = pareto_figure("t", objectives, rows, front)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("size_fraction") and ax.get_ylabel().startswith("ppl_ratio")
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(i) for i in front)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    write_png(tmp_path / "p.png", "t", objectives, rows, front)
+    from matplotlib.image import imread
+
+    image = imread(tmp_path / "p.png")
+    assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01  # not blank
+    assert axis_scale([1.0, 1.2]) == "linear" and axis_scale([0.0, 5.0]) == "linear" and axis_scale([1, 10]) == "log" and axis_scale([1, 9]) == "linear"
