@@ -130,6 +130,15 @@ def cmd_status(args) -> int:
 
 def cmd_pareto(args) -> int:
     _print_front(args.study, _storage_arg(args), args.format)
+    if args.plot:
+        from pathlib import Path
+
+        from presso.search import load_existing_study
+        from presso.search.tracking._plots import write_front_pictures
+
+        written = write_front_pictures(load_existing_study(args.study, _storage_arg(args)), Path(args.plot))
+        print(f"wrote {len(written)} pictures to {args.plot}: {written[0].name} and per-plan allocation heatmaps "
+              f"in {written[0].parent.name}/allocation/", file=sys.stderr)
     return 0
 
 
@@ -272,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = sub.add_parser("pareto", help="the Pareto front")
     store_flags(pareto)
     pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.add_argument("--plot", metavar="DIR",
+                        help="also write the Pareto PNG and each front plan's per-layer allocation heatmap to DIR")
     pareto.set_defaults(func=cmd_pareto)
 
     export = sub.add_parser("export", help="write the plan of one front trial")

@@ -1,5 +1,6 @@
 """The parent run's study artifacts: the Pareto front as interactive HTML (plotly) and PNG
-(matplotlib, no pyplot state), the front as CSV, and the best plan for each objective (YAML).
+(matplotlib, no pyplot state), the front as CSV, the best plan for each objective (YAML) and
+each front plan's per-layer allocation (``allocation/trial_<n>.png``, see ``_allocation``).
 
 Every trial is drawn faded, the front highlighted and joined, constraint violators marked
 with a red cross. Two objectives give one panel, three or more one panel per pair, one
@@ -261,4 +262,28 @@ def write_study_artifacts(folder: Path, study_name: str, objectives: list[dict],
     write_png(folder / PNG_NAME, title, objectives, rows, front)
     write_csv(folder / CSV_NAME, objectives, rows, front, run_ids)
     write_best_plans(folder / BEST_DIR, objectives, rows)
+    from presso.search.tracking._allocation import ALLOCATION_DIR, write_allocation_pngs
+
+    write_allocation_pngs(folder / ALLOCATION_DIR, rows, front)
     return folder
+
+
+def write_front_pictures(study, folder: Path) -> list[Path]:
+    """``presso pareto --plot``: the Pareto PNG and each front plan's allocation heatmap of a
+    stored study, written into ``folder``; returns the files written."""
+    from presso.search._records import pareto_rows, study_info, trial_rows
+    from presso.search.tracking._allocation import ALLOCATION_DIR, write_allocation_pngs
+
+    rows = trial_rows(study)
+    front = {r.number for r in pareto_rows(study, rows)}
+    objectives = [dict(o) for o in study_info(study).get("objectives") or []]
+    if not objectives:
+        from presso.errors import PressoError
+
+        raise PressoError(f"pareto --plot: study {study.study_name!r} has no Presso metadata; run it with `presso run`")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    complete = sum(1 for r in rows if r.state == "COMPLETE")
+    write_png(folder / PNG_NAME, f"{study.study_name}: Pareto front ({len(front)} of {complete} complete trials)",
+              objectives, rows, front)
+    return [folder / PNG_NAME, *write_allocation_pngs(folder / ALLOCATION_DIR, rows, front)]
