@@ -130,6 +130,15 @@ def cmd_status(args) -> int:
 
 def cmd_pareto(args) -> int:
     _print_front(args.study, _storage_arg(args), args.format)
+    if args.plot:
+        from pathlib import Path
+
+        from presso.search import load_existing_study
+        from presso.search.tracking._plots import write_front_pictures
+
+        written = write_front_pictures(load_existing_study(args.study, _storage_arg(args)), Path(args.plot))
+        print(f"wrote {len(written)} pictures to {args.plot}: {written[0].name} and per-plan allocation heatmaps "
+              f"in {written[0].parent.name}/allocation/", file=sys.stderr)
     return 0
 
 
@@ -158,25 +167,56 @@ def cmd_apply(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from presso.search import evaluate_saved
+    from presso.search import evaluate_saved, evaluate_saved_report
 
     config = _study_config(args) if args.study_file else None
-    values = evaluate_saved(args.directory, config=config, device=args.device)
-    if args.format == "json":
-        print(json.dumps(values, indent=1))
+    if args.report:
+        values, reports = evaluate_saved_report(args.directory, config=config, device=args.device)
     else:
-        width = max(len(k) for k in values)
-        for name, value in values.items():
-            print(f"{name:<{width}}  {value:.6g}")
+        values, reports = evaluate_saved(args.directory, config=config, device=args.device), None
+    if args.format == "json":
+        tables = {which: report["table"] for which, report in (reports or {}).items()}
+        print(json.dumps({"values": values, "report": tables} if reports else values, indent=1))
+        return 0
+    width = max(len(k) for k in values)
+    for name, value in values.items():
+        print(f"{name:<{width}}  {value:.6g}")
+    if reports:
+        print()
+        print(side_by_side(f"compressed ({args.directory})", reports["compressed"]["text"],
+                           "uncompressed", reports["uncompressed"]["text"]))
     return 0
+
+
+def side_by_side(left_title: str, left: str, right_title: str, right: str) -> str:
+    """Two text blocks in columns (the classification reports of both models, for comparison)."""
+    lefts, rights = [left_title, *left.rstrip().splitlines()], [right_title, *right.rstrip().splitlines()]
+    width = max(len(line) for line in lefts) + 4
+    rows = max(len(lefts), len(rights))
+    lefts += [""] * (rows - len(lefts))
+    rights += [""] * (rows - len(rights))
+    return "\n".join(f"{a:<{width}}{b}".rstrip() for a, b in zip(lefts, rights))
 
 
 def cmd_models(args) -> int:
     from presso.models import BUILTIN_MODELS
     from presso.spaces import builtin_spaces
 
+    from presso.models import NEWSGROUPS_TRAINING, newsgroups_metrics
+
+    refs = max(len(spec.ref) for spec in BUILTIN_MODELS.values())
+    width = max(len(spec.task) for spec in BUILTIN_MODELS.values())
+    indent = " " * (refs + width + 2)
     for spec in BUILTIN_MODELS.values():
-        print(f"{spec.ref:<22} {spec.task:<10} {spec.description}\n{'':<33} source: {spec.source}")
+        print(f"{spec.ref:<{refs}} {spec.task:<{width}} {spec.description}\n{indent}source: {spec.source}")
+        if spec.ref == "builtin:minilm-newsgroups":
+            trained = newsgroups_metrics()
+            if trained:
+                print(f"{indent}test accuracy {trained['test_accuracy']:.4f} on {trained['test_rows']} held-out posts "
+                      f"(trained in {trained['train_seconds']:.0f} s on {trained['threads']} CPU threads)")
+            else:
+                print(f"{indent}not trained yet: the first use fine-tunes it ({NEWSGROUPS_TRAINING['epochs']} epochs "
+                      "over 100 posts, a few minutes on a CPU) and caches it")
     print("\nbuilt-in spaces: " + ", ".join(builtin_spaces()))
     print("anything else: a local Hugging Face model folder, or a hub name (needs a network)")
     return 0
@@ -243,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     pareto = sub.add_parser("pareto", help="the Pareto front")
     store_flags(pareto)
     pareto.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    pareto.add_argument("--plot", metavar="DIR",
+                        help="also write the Pareto PNG and each front plan's per-layer allocation heatmap to DIR")
     pareto.set_defaults(func=cmd_pareto)
 
     export = sub.add_parser("export", help="write the plan of one front trial")
@@ -266,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("directory", help="a saved folder, or a .gguf file (scored in llama.cpp)")
     evaluate.add_argument("--study-file", help="study YAML whose objectives and text to use")
     evaluate.add_argument("--format", choices=("table", "json"), default="table")
+    evaluate.add_argument("--report", action="store_true",
+                          help="also print the classification report, next to the uncompressed model's (task models)")
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(func=cmd_evaluate)
 

@@ -6,6 +6,10 @@ own text file (one document per line, or paragraphs separated by blank lines) wo
 
 Calibration and evaluation never overlap: :func:`split_documents` cuts the document list in
 two disjoint parts (evaluation takes the last ``eval_fraction``) before tokenizing.
+
+Labelled posts: ``builtin:newsgroups-train`` / ``builtin:newsgroups-test`` are the 200
+``mini_newsgroup`` posts of the gensim wheel (``alt.atheism`` and ``sci.space``, 100 each),
+split 50/50 per class by file name into two fixed, disjoint halves (:func:`newsgroups`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,9 @@ BUILTIN_CORPORA = {
     "builtin:lee": "lee_background.cor",
     "builtin:lee-heldout": "lee.cor",
 }
+
+
+BUILTIN_LABELLED = {"builtin:newsgroups-train": "train", "builtin:newsgroups-test": "test"}
 
 
 def _gensim_test_data() -> Path:
@@ -88,3 +95,74 @@ def token_batches(tokenizer, documents: list[str], n_sequences: int, seq_len: in
             "use fewer or shorter sequences, or a longer text"
         )
     return torch.tensor(ids[:needed], dtype=torch.long).view(n_sequences, seq_len)
+
+
+class _Bunch(dict):
+    """Stands in for the old ``sklearn.datasets.base.Bunch`` the file was pickled with."""
+
+
+def _read_mini_newsgroup(path: Path) -> dict:
+    """Unpickle the zlib-compressed Python 2 pickle, allowing only the classes it needs.
+
+    NOTE: a plain ``pickle.load`` would import whatever the file names (and sklearn no longer
+    has ``sklearn.datasets.base``); this allowlist reads plain data only.
+    """
+    import copyreg
+    import io
+    import pickle
+    import zlib
+
+    import numpy as np
+
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct
+    allowed = {
+        ("copy_reg", "_reconstructor"): copyreg._reconstructor,
+        ("__builtin__", "dict"): dict,
+        ("sklearn.datasets.base", "Bunch"): _Bunch,
+        ("numpy", "dtype"): np.dtype,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    }
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) not in allowed:
+                raise PressoError(f"labelled data: {path.name} names {module}.{name}, which is not plain data")
+            return allowed[(module, name)]
+
+    return dict(Unpickler(io.BytesIO(zlib.decompress(path.read_bytes())), encoding="latin1").load())
+
+
+def _post_body(post: str) -> str:
+    # The header names the newsgroup (the label itself), so only the body after it is kept.
+    _, _, body = post.partition("\n\n")
+    return " ".join(body.split())
+
+
+def newsgroups(split: str) -> tuple[list[str], list[str]]:
+    """The ``mini_newsgroup`` posts of one half: ``(texts, labels)``, 50 per class.
+
+    Each class's posts are sorted by file name and dealt alternately to ``train`` and
+    ``test``, so the halves are fixed and disjoint. Headers are dropped (they name the
+    newsgroup); posts with an empty body are skipped.
+
+    Raises:
+        PressoError: ``split`` is not ``train`` or ``test``.
+    """
+    if split not in ("train", "test"):
+        raise PressoError(f"newsgroups: split {split!r}; allowed: 'train', 'test'")
+    bunch = _read_mini_newsgroup(_gensim_test_data() / "mini_newsgroup")
+    names = [str(n) for n in bunch["target_names"]]
+    rows = sorted(zip((str(f) for f in bunch["filenames"]), bunch["data"], (int(t) for t in bunch["target"])))
+    texts, labels = [], []
+    for label in range(len(names)):
+        posts = [text for _, text, target in rows if target == label]
+        for i, post in enumerate(posts):
+            body = _post_body(post)
+            if body and (i % 2 == (0 if split == "train" else 1)):
+                texts.append(body)
+                labels.append(names[label])
+    return texts, labels

@@ -8,6 +8,10 @@ from presso.errors import PressoError
 
 AUTO_CAUSAL_LM = "AutoModelForCausalLM"
 AUTO_MODEL = "AutoModel"
+AUTO_SEQUENCE_CLASSIFICATION = "AutoModelForSequenceClassification"
+AUTO_TOKEN_CLASSIFICATION = "AutoModelForTokenClassification"
+AUTO_CLASSES = (AUTO_CAUSAL_LM, AUTO_MODEL, AUTO_SEQUENCE_CLASSIFICATION, AUTO_TOKEN_CLASSIFICATION)
+"""The auto classes a saved model may name: an allowlist, nothing else is imported by name."""
 
 
 def _block_list(model: nn.Module) -> tuple[str, nn.ModuleList] | None:
@@ -104,17 +108,23 @@ def _class_names(mapping) -> set[str]:
 
 
 def auto_class_name(model: nn.Module) -> str:
-    """``"AutoModelForCausalLM"`` for causal LMs, ``"AutoModel"`` for bare (encoder) models."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_MAPPING_NAMES
+    """The name of the auto class that loads ``model``: one of :data:`AUTO_CLASSES`
+    (``"AutoModelForCausalLM"`` for causal LMs, ``"AutoModel"`` for bare encoders, and the
+    sequence- and token-classification auto classes for models with those heads)."""
+    from transformers.models.auto import modeling_auto as auto
 
     cls = type(model).__name__
-    if cls in _class_names(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        return AUTO_CAUSAL_LM
-    if cls in _class_names(MODEL_MAPPING_NAMES):
-        return AUTO_MODEL
+    for name, mapping in (
+        (AUTO_CAUSAL_LM, auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        (AUTO_SEQUENCE_CLASSIFICATION, auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
+        (AUTO_TOKEN_CLASSIFICATION, auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+        (AUTO_MODEL, auto.MODEL_MAPPING_NAMES),
+    ):
+        if cls in _class_names(mapping):
+            return name
     raise PressoError(
-        f"model: {cls} is neither a causal LM nor a bare transformers model; "
-        "allowed: classes loadable by AutoModelForCausalLM or AutoModel"
+        f"model: {cls} is not a causal LM, a classification model or a bare transformers model; "
+        f"allowed: classes loadable by {', '.join(AUTO_CLASSES)}"
     )
 
 

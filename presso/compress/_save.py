@@ -16,7 +16,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters
 from presso.compress._compress import _COMPRESSED_FLAG, CompressionResult
-from presso.compress._modules import AUTO_CAUSAL_LM, AUTO_MODEL, auto_class_name, base_module
+from presso.compress._modules import AUTO_CLASSES, auto_class_name, base_module
 from presso.compress._pack import pack_bits, unpack_bits
 from presso.compress._quant import dequantize, zero_codes
 from presso.compress._size import (
@@ -38,7 +38,7 @@ from presso.compress._size import (
 )
 from presso.errors import PressoError
 
-_AUTO_CLASSES = (AUTO_CAUSAL_LM, AUTO_MODEL)  # an allowlist: nothing else is ever imported by name
+_AUTO_CLASSES = AUTO_CLASSES  # an allowlist: nothing else is ever imported by name
 
 
 @dataclass(frozen=True)

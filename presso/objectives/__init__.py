@@ -17,13 +17,14 @@ Per trial::
                          TrialContext(number=n, size_bytes=s, dense_bytes=d))
 """
 
-from presso.objectives import _embedding, _kernel_latency, _language, _latency, _llama_latency, _size  # noqa: F401 - registers built-ins
+from presso.objectives import _embedding, _kernel_latency, _language, _latency, _llama_latency, _size, _task  # noqa: F401 - registers built-ins
 from presso.objectives._base import (
     BaseObjective,
     Direction,
     EvalContext,
     LabelledData,
     NonFiniteObjective,
+    TaggedData,
     Task,
     TrialContext,
     check_finite,
@@ -38,9 +39,10 @@ from presso.objectives._constraints import (
     parse_constraint,
     total_violation,
 )
-from presso.objectives._data import assert_disjoint, load_labelled_csv
+from presso.objectives._data import assert_disjoint, load_conll, load_labelled, load_labelled_csv, load_labelled_jsonl
 from presso.objectives._pareto import dominates, hypervolume, pareto_front
 from presso.objectives._pick import PICK_GRAMMAR, PickRule, parse_pick_rule
+from presso.objectives._task import TASK_METRICS, predict, task_report, task_scores
 from presso.objectives._registry import (
     get_objective,
     objective_class,
@@ -60,6 +62,8 @@ __all__ = [
     "LabelledData",
     "NonFiniteObjective",
     "PickRule",
+    "TASK_METRICS",
+    "TaggedData",
     "Task",
     "TrialContext",
     "assert_disjoint",
@@ -69,16 +73,22 @@ __all__ = [
     "dominates",
     "get_objective",
     "hypervolume",
+    "load_conll",
+    "load_labelled",
     "load_labelled_csv",
+    "load_labelled_jsonl",
     "measure_all",
     "objective_class",
     "objective_directions",
     "pareto_front",
     "parse_constraint",
     "parse_pick_rule",
+    "predict",
     "prepare_all",
     "register_objective",
     "registered_objectives",
+    "task_report",
+    "task_scores",
     "total_violation",
     "unregister_objective",
 ]

@@ -20,6 +20,8 @@ class Task(str, Enum):
 
     CAUSAL_LM = "causal-lm"  # ...ForCausalLM: forward(input_ids, attention_mask) -> .logits
     ENCODER = "encoder"  # BertModel-like: forward(input_ids, attention_mask) -> .last_hidden_state
+    SEQUENCE_CLASSIFICATION = "sequence-classification"  # ...ForSequenceClassification: .logits [n, labels]
+    TOKEN_CLASSIFICATION = "token-classification"  # ...ForTokenClassification: .logits [n, seq, labels]
 
 
 class Direction(str, Enum):
@@ -68,7 +70,9 @@ class NonFiniteObjective(PressoError):
 
 @dataclass
 class LabelledData:
-    """A small labelled text set for the ``accuracy`` objective (see ``load_labelled_csv``).
+    """A labelled text set: one label per text (see ``load_labelled``). The task objectives
+    (``accuracy``, ``f1_macro``...) score a sequence classifier on it; ``probe_accuracy``
+    fits a nearest-centroid probe on part of it.
 
     Args:
         texts: one string per example.
@@ -91,6 +95,29 @@ class LabelledData:
 
 
 @dataclass
+class TaggedData:
+    """A token-classification set: sentences of words with one tag per word (BIO or IOBES
+    tags such as ``B-PER``), read from a CoNLL-style file by ``load_conll``.
+
+    Args:
+        words: one list of words per sentence.
+        tags: one list of tags per sentence, as long as its words.
+    """
+
+    words: list[list[str]]
+    tags: list[list[str]]
+
+    def __post_init__(self):
+        if len(self.words) != len(self.tags):
+            raise PressoError(f"tagged data: got {len(self.words)} sentences but {len(self.tags)} tag lists; they must match")
+        for i, (words, tags) in enumerate(zip(self.words, self.tags)):
+            if not words or len(words) != len(tags):
+                raise PressoError(
+                    f"tagged data: sentence {i} has {len(words)} words and {len(tags)} tags; allowed: as many tags as words, at least one"
+                )
+
+
+@dataclass
 class EvalContext:
     """Everything one worker needs to measure objectives; built once per worker.
 
@@ -105,9 +132,11 @@ class EvalContext:
             The driver moves models there; objectives move batches there.
         input_ids: LongTensor ``[n, seq]`` of held-out evaluation tokens.
         attention_mask: tensor ``[n, seq]`` of 0/1; ``None`` means all ones.
-        tokenizer: the model's tokenizer (needed by ``accuracy``, which tokenizes its texts).
+        tokenizer: the model's tokenizer (needed by the objectives that tokenize labelled data).
         dense_model: the uncompressed model, read by ``prepare`` hooks only.
-        labelled: labelled texts for ``accuracy`` (``None`` when the user gave none).
+        labelled: the labelled set for the task objectives and ``probe_accuracy``:
+            :class:`LabelledData` (texts with labels) or :class:`TaggedData` (tagged words);
+            ``None`` when the user gave none.
         batch_size: rows per forward pass.
         references: the dense model's outputs, filled by ``prepare`` hooks.
         cache: per-worker scratch space for objectives (tokenized texts, fixed batches).
@@ -119,7 +148,7 @@ class EvalContext:
     attention_mask: Any = None
     tokenizer: Any = None
     dense_model: Any = None
-    labelled: LabelledData | None = None
+    labelled: LabelledData | TaggedData | None = None
     batch_size: int = 8
     references: dict[str, Any] = field(default_factory=dict)
     cache: dict[str, Any] = field(default_factory=dict)
@@ -216,7 +245,7 @@ class BaseObjective(abc.ABC):
     name: ClassVar[str]
     direction: ClassVar[Direction]
     unit: ClassVar[str]
-    tasks: ClassVar[tuple[Task, ...]] = (Task.CAUSAL_LM, Task.ENCODER)
+    tasks: ClassVar[tuple[Task, ...]] = tuple(Task)
     needs_model: ClassVar[bool] = True
 
     def prepare(self, ctx: EvalContext) -> None:  # noqa: B027 - optional hook, no-op by default

@@ -1,4 +1,4 @@
-"""Embedding objectives: ``embedding_cosine``, ``embedding_cosine_loss`` and ``accuracy``.
+"""Embedding objectives: ``embedding_cosine``, ``embedding_cosine_loss`` and ``probe_accuracy``.
 
 An embedding is the mean of the last hidden states over real (mask = 1) tokens. For an
 encoder that is ``last_hidden_state``; for a causal LM (no ``last_hidden_state`` in its
@@ -15,6 +15,7 @@ from presso.objectives._base import (
     BaseObjective,
     Direction,
     EvalContext,
+    LabelledData,
     Task,
     TrialContext,
     require_dense,
@@ -86,7 +87,7 @@ class EmbeddingCosineObjective(BaseObjective):
     name = "embedding_cosine"
     direction = Direction.MAXIMIZE
     unit = "cosine"
-    tasks = (Task.ENCODER, Task.CAUSAL_LM)
+    tasks = tuple(Task)  # a head's model still returns hidden_states
 
     def prepare(self, ctx: EvalContext) -> None:
         _prepare_embeddings(ctx, self.name)
@@ -139,8 +140,13 @@ def _pad(token_lists: list[list[int]], pad_id: int) -> tuple[Any, Any]:
 
 
 @register_objective
-class AccuracyObjective(BaseObjective):
+class ProbeAccuracyObjective(BaseObjective):
     """Held-out accuracy of a nearest-centroid probe on the compressed model's embeddings.
+
+    NOTE: this scores the embeddings, not a trained head; a model with a classification
+    head is scored by ``accuracy`` / ``f1_macro`` (``presso.objectives._task``). It was
+    called ``accuracy`` before; a study file that still names ``accuracy`` for a model
+    without a head gets an error saying so.
 
     The labelled rows (``ctx.labelled``, from :func:`load_labelled_csv`) are split per class
     into train and test with a fixed seed. For each trial the compressed model embeds all
@@ -148,7 +154,7 @@ class AccuracyObjective(BaseObjective):
     is taken over the train rows, and each test row gets the class of the most
     cosine-similar centroid. No weights are trained, so the probe adds no randomness and
     takes milliseconds. The dense model's accuracy is
-    kept in ``ctx.references["accuracy/dense"]`` for reports.
+    kept in ``ctx.references["probe_accuracy/dense"]`` for reports.
 
     Args:
         train_fraction: share of each class used to build centroids, in (0, 1).
@@ -156,46 +162,46 @@ class AccuracyObjective(BaseObjective):
         max_length: texts are truncated to this many tokens.
     """
 
-    name = "accuracy"
+    name = "probe_accuracy"
     direction = Direction.MAXIMIZE
     unit = "fraction"
-    tasks = (Task.ENCODER, Task.CAUSAL_LM)
+    tasks = (Task.ENCODER, Task.CAUSAL_LM, Task.SEQUENCE_CLASSIFICATION)  # text,label rows only
 
     def __init__(self, train_fraction: float = 0.5, seed: int = 0, max_length: int = 128):
         if isinstance(train_fraction, bool) or not isinstance(train_fraction, (int, float)) or not (
             0.0 < train_fraction < 1.0
         ):
-            raise PressoError(f"accuracy.train_fraction: got {train_fraction!r}; allowed: a number in (0, 1)")
+            raise PressoError(f"probe_accuracy.train_fraction: got {train_fraction!r}; allowed: a number in (0, 1)")
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
-            raise PressoError(f"accuracy.max_length: got {max_length!r}; allowed: an integer >= 2")
+            raise PressoError(f"probe_accuracy.max_length: got {max_length!r}; allowed: an integer >= 2")
         self.train_fraction = float(train_fraction)
         self.seed = seed
         self.max_length = max_length
 
     @property
     def _cache_key(self) -> str:
-        return f"accuracy/{self.train_fraction}/{self.seed}/{self.max_length}"
+        return f"probe_accuracy/{self.train_fraction}/{self.seed}/{self.max_length}"
 
     def _inputs(self, ctx: EvalContext) -> dict[str, Any]:
         cached = ctx.cache.get(self._cache_key)
         if cached is not None:
             return cached
-        if ctx.labelled is None:
+        if not isinstance(ctx.labelled, LabelledData):
             raise PressoError(
-                "objective 'accuracy': no labelled data; give a CSV with columns text,label "
-                "(EvalContext.labelled = load_labelled_csv(path))"
+                "objective 'probe_accuracy': no text,label data; give a CSV with columns text,label "
+                "(study eval.labels, or EvalContext.labelled = load_labelled(path))"
             )
         if ctx.tokenizer is None:
-            raise PressoError("objective 'accuracy': EvalContext.tokenizer is None; it is needed to tokenize the CSV")
+            raise PressoError("objective 'probe_accuracy': EvalContext.tokenizer is None; it is needed to tokenize the CSV")
         train, test = stratified_split(ctx.labelled.labels, self.train_fraction, self.seed)
         if not test:
             raise PressoError(
-                f"objective 'accuracy': {len(ctx.labelled.labels)} labelled rows leave no test rows; "
+                f"objective 'probe_accuracy': {len(ctx.labelled.labels)} labelled rows leave no test rows; "
                 "give at least 2 rows per class"
             )
         encoded = ctx.tokenizer(list(ctx.labelled.texts), truncation=True, max_length=self.max_length)["input_ids"]
         if any(len(tokens) == 0 for tokens in encoded):
-            raise PressoError("objective 'accuracy': a labelled text tokenizes to no tokens")
+            raise PressoError("objective 'probe_accuracy': a labelled text tokenizes to no tokens")
         pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else 0
         ids, mask = _pad(list(encoded), pad_id)
         classes = sorted(set(ctx.labelled.labels))
@@ -227,8 +233,8 @@ class AccuracyObjective(BaseObjective):
 
     def prepare(self, ctx: EvalContext) -> None:
         self._inputs(ctx)
-        if "accuracy/dense" not in ctx.references:
-            ctx.references["accuracy/dense"] = self._accuracy(require_dense(self.name, ctx), ctx)
+        if "probe_accuracy/dense" not in ctx.references:
+            ctx.references["probe_accuracy/dense"] = self._accuracy(require_dense(self.name, ctx), ctx)
 
     def compute(self, model: Any, ctx: EvalContext, trial: TrialContext) -> float:
         return self._accuracy(model, ctx)

@@ -16,7 +16,7 @@ from presso.search._config import (
     study_from_dict,
 )
 from presso.search._driver import RunSummary, load_existing_study, open_study, run_study
-from presso.search._evaluator import Evaluator, Outcome, apply_plan, evaluate_saved
+from presso.search._evaluator import Evaluator, Outcome, apply_plan, evaluate_saved, evaluate_saved_report
 from presso.search._observer import StudyObserver
 from presso.search._records import TrialRow, pareto_rows, trial_rows
 from presso.search._results import export_plan, pareto_table, status_counts
@@ -39,6 +39,7 @@ __all__ = [
     "TrialRow",
     "apply_plan",
     "evaluate_saved",
+    "evaluate_saved_report",
     "export_plan",
     "load_existing_study",
     "load_study_file",

@@ -19,15 +19,35 @@ BACKENDS = ("local", "ray")
 @dataclass(frozen=True)
 class EvalConfig:
     """Text used to score trials: documents from ``text``, split so calibration and
-    evaluation never overlap."""
+    evaluation never overlap.
+
+    ``labels`` is the labelled test set of the task objectives (``accuracy``, ``f1_macro``...)
+    and of ``probe_accuracy``: a ``.csv`` or ``.jsonl`` file of ``text,label`` rows (sequence
+    classification) or a CoNLL-style ``word tag`` file (token classification), relative to
+    the study file. ``labels_csv`` is its older spelling.
+    """
 
     text: str = "builtin:lee"
     eval_fraction: float = 0.25
     sequences: int = 8
     seq_len: int = 128
+    labels: str | None = None
     labels_csv: str | None = None
 
+    @property
+    def labels_file(self) -> str | None:
+        return self.labels or self.labels_csv
+
     def __post_init__(self):
+        if self.labels and self.labels_csv:
+            raise PressoError(
+                f"study.eval: got labels={self.labels!r} and labels_csv={self.labels_csv!r}; allowed: one of them "
+                "(labels_csv is the older spelling of labels)"
+            )
+        for name in ("labels", "labels_csv"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise PressoError(f"study.eval.{name}: got {value!r}; allowed: a path to a labelled file")
         for name, low in (("sequences", 1), ("seq_len", 8)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

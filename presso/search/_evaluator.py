@@ -41,6 +41,8 @@ class Outcome:
 
 
 def default_objectives(task: str) -> tuple[str, ...]:
+    if task in ("sequence-classification", "token-classification"):
+        return ("accuracy", "f1_macro", "size_fraction")
     return ("ppl_ratio", "size_fraction") if task == "causal-lm" else ("embedding_cosine", "size_fraction")
 
 
@@ -186,15 +188,24 @@ def _objectives_for(names, task: str):
         objective = get_objective(name)
         tasks = [getattr(t, "value", t) for t in getattr(objective, "tasks", ())]
         if tasks and task not in tasks:
-            raise PressoError(f"objectives: {name!r} does not apply to a {task} model; it applies to: {', '.join(tasks)}")
+            # NOTE: `accuracy` named the nearest-centroid embedding probe before it meant a task head's accuracy.
+            renamed = "; the embedding probe once called 'accuracy' is now 'probe_accuracy'" if name == "accuracy" else ""
+            raise PressoError(
+                f"objectives: {name!r} does not apply to a {task} model; it applies to: {', '.join(tasks)}{renamed}"
+            )
         objectives.append(objective)
     return objectives
 
 
-def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None):
-    from presso.objectives import EvalContext, load_labelled_csv
+def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None,
+                  config: StudyConfig | None = None):
+    from presso.objectives import load_labelled
+    from presso.objectives._base import EvalContext
 
-    labelled = load_labelled_csv(eval_config.labels_csv) if eval_config.labels_csv else None
+    path = eval_config.labels_file
+    if path and config is not None:
+        path = config.resolve_path(path)
+    labelled = load_labelled(path) if path else None
     ids = text.eval_ids if rows is None else text.eval_ids[:rows]
     return EvalContext(task=loaded.task, device=device, input_ids=ids, tokenizer=loaded.tokenizer,
                        dense_model=loaded.model, labelled=labelled)
@@ -238,7 +249,7 @@ class Evaluator:
         check_constraints(self.constraints, known)
         self.text = TextData(self.loaded.tokenizer, config.eval)
         self.assets = CompressionAssets(self.loaded.model, self.text, cache_ranks=True)
-        self.context = _eval_context(self.loaded, self.text, self.device, config.eval)
+        self.context = _eval_context(self.loaded, self.text, self.device, config.eval, config=config)
         prepare_all(self.objectives, self.context)
         self._low_context = None
         self.setup_s = time.perf_counter() - started
@@ -252,7 +263,8 @@ class Evaluator:
 
             ids = self.context.input_ids
             count = max(1, min(ids.shape[0], round(ids.shape[0] * self.config.fidelity.fraction)))
-            self._low_context = _eval_context(self.loaded, self.text, self.device, self.config.eval, rows=count)
+            self._low_context = _eval_context(self.loaded, self.text, self.device, self.config.eval, rows=count,
+                                              config=self.config)
             prepare_all(self.objectives, self._low_context)
         return self._low_context
 
@@ -420,6 +432,41 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     The dense model named in the saved plan provides the reference outputs; sizes are read
     from the files on disk. Checksums are verified on load.
     """
+    return _evaluate_saved(directory, config=config, device=device)[0]
+
+
+def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
+                          device: str = "cpu") -> tuple[dict[str, float], dict[str, dict]]:
+    """:func:`evaluate_saved` plus the classification reports of the saved model and of the
+    uncompressed one, on the study's labelled set (``eval.labels``).
+
+    Returns:
+        ``(values, {"compressed": {"text", "table"}, "uncompressed": {"text", "table"}})``:
+        the report as scikit-learn / seqeval print it and as a dict.
+
+    Raises:
+        PressoError: the model has no classification head or the study gives no labelled set.
+    """
+    from presso.objectives import predict, task_report
+
+    values, model, context = _evaluate_saved(directory, config=config, device=device)
+    if context.task.value not in ("sequence-classification", "token-classification") or context.labelled is None:
+        raise PressoError(
+            f"evaluate --report: needs a model with a classification head and a labelled set (study eval.labels); "
+            f"got a {context.task.value} model{'' if context.labelled is not None else ' and no eval.labels'}"
+        )
+    gold, predicted = predict(model, context)
+    dense = context.references.get("task/dense", {}).get("predictions")  # kept by the task objectives' prepare
+    if dense is None:
+        dense = predict(context.dense_model, context)[1]
+    reports = {}
+    for which, labels in (("compressed", predicted), ("uncompressed", dense)):
+        text, table = task_report(gold, labels, context.task)
+        reports[which] = {"text": text, "table": table}
+    return values, reports
+
+
+def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
     from presso.compress import load_compressed
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
@@ -436,12 +483,12 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     eval_config = config.eval if config else EvalConfig()
     objectives = _objectives_for(names, dense.task)
     text = TextData(dense.tokenizer, eval_config)
-    context = _eval_context(dense, text, device, eval_config)
+    context = _eval_context(dense, text, device, eval_config, config=config)
     prepare_all(objectives, context)
     weights = Path(directory) / "model.safetensors"
     trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
     values = measure_all(objectives, model, context, trial)
-    return {k: float(v) for k, v in values.items()}
+    return {k: float(v) for k, v in values.items()}, model, context
 
 
 def _runtime_target(path: Path) -> str | None:
@@ -459,7 +506,7 @@ def _runtime_target(path: Path) -> str | None:
     return None
 
 
-def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | None) -> dict[str, float]:
+def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | None):
     """Score a target's file loaded by its runtime (llama.cpp for GGUF, transformers for
     compressed-tensors) on the study's evaluation text, with the same objectives as a trial."""
     from presso.models import load_model
@@ -473,7 +520,7 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
     dense = load_model(config.model, device="cpu")
     objectives = _objectives_for(config.objectives, dense.task)
     text = TextData(dense.tokenizer, config.eval)
-    context = _eval_context(dense, text, "cpu", config.eval)
+    context = _eval_context(dense, text, "cpu", config.eval, config=config)
     prepare_all(objectives, context)
     if target_name == "gguf":
         runtime = target.load(path, n_ctx=max(int(context.input_ids.shape[1]), 8))
@@ -483,4 +530,4 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
         size = (path / "model.safetensors").stat().st_size
     trial = TrialContext(size_bytes=size, dense_bytes=target.dense_bytes(dense.model))
     values = measure_all(objectives, runtime, context, trial)
-    return {k: float(v) for k, v in values.items()}
+    return {k: float(v) for k, v in values.items()}, runtime, context

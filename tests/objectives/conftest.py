@@ -8,7 +8,9 @@ import random
 import pytest
 import torch
 
-from presso.objectives import EvalContext, LabelledData, TrialContext, get_objective, prepare_all
+from pathlib import Path
+
+from presso.objectives import EvalContext, LabelledData, TrialContext, get_objective, load_conll, prepare_all
 
 VOCAB = 30522  # MiniLM's tokenizer, so tokenized text fits both tiny models
 SEQ = 16
@@ -122,6 +124,67 @@ def _labelled() -> LabelledData:
 
 
 LABELLED = _labelled()
+CONLL = Path(__file__).parent / "data" / "tiny_ner.conll"
+TAGGED = load_conll(CONLL)
+TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC")
+
+
+def _fit(model, batch, labels, steps: int = 30):
+    """A few Adam steps, so the tiny head scores 1.0 on its own data and damage shows."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval()
+
+
+def _head_config(labels):
+    from transformers import BertConfig
+
+    return BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=64, id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )
+
+
+@pytest.fixture(scope="session")
+def _seq_cls(tokenizer):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    names = sorted(set(LABELLED.labels))
+    model = BertForSequenceClassification(_head_config(names))
+    batch = tokenizer(LABELLED.texts, padding=True, return_tensors="pt")
+    return _fit(model, dict(batch), torch.tensor([names.index(y) for y in LABELLED.labels]))
+
+
+@pytest.fixture(scope="session")
+def _token_cls(tokenizer):
+    from transformers import BertForTokenClassification
+
+    torch.manual_seed(0)
+    model = BertForTokenClassification(_head_config(TAGS))
+    batch = tokenizer(TAGGED.words, is_split_into_words=True, padding=True, return_tensors="pt")
+    labels = torch.full(batch["input_ids"].shape, -100)
+    for row, tags in enumerate(TAGGED.tags):
+        for position, word in enumerate(batch.word_ids(row)):
+            if word is not None:
+                labels[row, position] = TAGS.index(tags[word])
+    return _fit(model, dict(batch), labels)
+
+
+@pytest.fixture
+def seq_cls(_seq_cls):
+    """A 2-layer BERT sequence classifier fitted on LABELLED (pets / finance)."""
+    return copy.deepcopy(_seq_cls)
+
+
+@pytest.fixture
+def token_cls(_token_cls):
+    """A 2-layer BERT token classifier fitted on the tiny CoNLL file (PER / LOC)."""
+    return copy.deepcopy(_token_cls)
 
 
 @pytest.fixture

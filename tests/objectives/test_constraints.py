@@ -43,7 +43,7 @@ def test_parse(text, expected):
         ("ppl_ratio <= nan", "not finite"),
         ("1.1 >= ppl_ratio", "allowed: NAME <= NUMBER"),
         ("", "allowed: NAME <= NUMBER"),
-        ("pplratio <= 1.1", r"unknown objective 'pplratio' \(did you mean 'ppl_ratio'\?\); known objectives: accuracy,"),
+        ("pplratio <= 1.1", r"unknown objective 'pplratio' \(did you mean 'ppl_ratio'\?\); known objectives: accuracy, accuracy_drop,"),
     ],
 )
 def test_parse_errors(text, match):

@@ -31,14 +31,18 @@ from presso.objectives import (
     unregister_objective,
 )
 
-from .conftest import perturb_
+from .conftest import LABELLED, TAGGED, perturb_
 
 BUILTIN = {
     "perplexity", "ppl_ratio", "kl_divergence", "embedding_cosine", "embedding_cosine_loss",
-    "accuracy", "size_bytes", "size_fraction", "latency_ms",
+    "probe_accuracy", "size_bytes", "size_fraction", "latency_ms",
+    "accuracy", "f1_macro", "f1_micro", "accuracy_drop", "f1_macro_drop",
 }
 # What the dense model scores against itself, where that is exact.
-SELF_VALUE = {"ppl_ratio": 1.0, "kl_divergence": 0.0, "embedding_cosine": 1.0, "embedding_cosine_loss": 0.0}
+SELF_VALUE = {"ppl_ratio": 1.0, "kl_divergence": 0.0, "embedding_cosine": 1.0, "embedding_cosine_loss": 0.0,
+              "accuracy_drop": 0.0, "f1_macro_drop": 0.0}
+MODEL_FOR_TASK = {"causal-lm": "llama", "encoder": "bert", "sequence-classification": "seq_cls",
+                  "token-classification": "token_cls"}
 CASES = [
     (name, task.value)
     for name in sorted(BUILTIN)
@@ -57,8 +61,8 @@ def test_conformance(name, task, request, make_ctx, trial):
     cls = objective_class(name)
     assert cls.name == name and isinstance(cls.direction, Direction) and cls.unit
     assert cls.__doc__ and cls.__doc__.strip()
-    model = request.getfixturevalue("llama" if task == "causal-lm" else "bert")
-    ctx, (objective,) = make_ctx(task, model, [name])
+    model = request.getfixturevalue(MODEL_FOR_TASK[task])
+    ctx, (objective,) = make_ctx(task, model, [name], labelled=TAGGED if task == "token-classification" else LABELLED)
     references = dict(ctx.references)
     value = objective.measure(model, ctx, trial)
     assert isinstance(value, float) and math.isfinite(value)
@@ -120,7 +124,7 @@ def test_custom_objective_round_trip():
 
 
 def test_unknown_objective_lists_names_and_suggests():
-    with pytest.raises(PressoError, match=r"got 'ppl_ration' \(did you mean 'ppl_ratio'\?\); registered objectives: accuracy, "):
+    with pytest.raises(PressoError, match=r"got 'ppl_ration' \(did you mean 'ppl_ratio'\?\); registered objectives: accuracy, accuracy_drop, "):
         get_objective("ppl_ration")
 
 

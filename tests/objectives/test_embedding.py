@@ -1,4 +1,4 @@
-"""embedding_cosine, embedding_cosine_loss, accuracy and the labelled-CSV loader."""
+"""embedding_cosine, embedding_cosine_loss, probe_accuracy and the labelled-CSV loader."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from presso.objectives._embedding import mean_cosine, pooled_embeddings, stratif
 
 from .conftest import perturb_
 
-EMB = ["embedding_cosine", "embedding_cosine_loss", "accuracy"]
+EMB = ["embedding_cosine", "embedding_cosine_loss", "probe_accuracy"]
 
 
 @pytest.mark.parametrize("task, model_name", [("encoder", "bert"), ("causal-lm", "llama")])
@@ -30,8 +30,8 @@ def test_dense_against_itself(task, model_name, request, make_ctx):
     values = measure_all(objectives, model, ctx, TrialContext())
     assert values["embedding_cosine"] == 1.0
     assert values["embedding_cosine_loss"] == 0.0
-    assert values["accuracy"] == ctx.references["accuracy/dense"]
-    assert 0.0 <= values["accuracy"] <= 1.0
+    assert values["probe_accuracy"] == ctx.references["probe_accuracy/dense"]
+    assert 0.0 <= values["probe_accuracy"] <= 1.0
 
 
 def test_perturbed_encoder_is_worse(bert, make_ctx):
@@ -43,9 +43,9 @@ def test_perturbed_encoder_is_worse(bert, make_ctx):
     assert values["embedding_cosine_loss"] == pytest.approx(1.0 - values["embedding_cosine"], abs=1e-12)
 
 
-def test_accuracy_separates_easy_classes_and_collapses_for_a_dead_model(bert, make_ctx):
-    ctx, (accuracy,) = make_ctx("encoder", bert, ["accuracy"])
-    assert ctx.references["accuracy/dense"] >= 0.8  # disjoint vocabularies per class
+def test_probe_accuracy_separates_easy_classes_and_collapses_for_a_dead_model(bert, make_ctx):
+    ctx, (accuracy,) = make_ctx("encoder", bert, ["probe_accuracy"])
+    assert ctx.references["probe_accuracy/dense"] >= 0.8  # disjoint vocabularies per class
     dead = copy.deepcopy(bert)
     with torch.no_grad():
         for p in dead.parameters():
@@ -82,10 +82,10 @@ def test_stratified_split():
     assert stratified_split(labels, 0.5, seed=0) == (train, test)
 
 
-def test_accuracy_needs_labelled_data_and_tokenizer(bert, eval_batch, tokenizer):
-    objective = get_objective("accuracy")
+def test_probe_accuracy_needs_labelled_data_and_tokenizer(bert, eval_batch, tokenizer):
+    objective = get_objective("probe_accuracy")
     ctx = EvalContext(task="encoder", device="cpu", input_ids=eval_batch[0], dense_model=bert, tokenizer=tokenizer)
-    with pytest.raises(PressoError, match="no labelled data"):
+    with pytest.raises(PressoError, match="no text,label data"):
         objective.prepare(ctx)
     ctx.labelled, ctx.tokenizer = LabelledData(["a", "b"], ["x", "y"]), None
     with pytest.raises(PressoError, match="tokenizer"):
@@ -99,9 +99,9 @@ def test_accuracy_needs_labelled_data_and_tokenizer(bert, eval_batch, tokenizer)
     "options, match",
     [({"train_fraction": 1.0}, "train_fraction"), ({"max_length": 1}, "max_length")],
 )
-def test_accuracy_bad_options(options, match):
+def test_probe_accuracy_bad_options(options, match):
     with pytest.raises(PressoError, match=match):
-        get_objective("accuracy", **options)
+        get_objective("probe_accuracy", **options)
 
 
 def test_load_labelled_csv(tmp_path):

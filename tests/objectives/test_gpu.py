@@ -17,8 +17,8 @@ pytestmark = [
 ]
 
 ALL = {
-    "causal-lm": ["perplexity", "ppl_ratio", "kl_divergence", "embedding_cosine", "accuracy", "latency_ms", "size_fraction"],
-    "encoder": ["embedding_cosine", "embedding_cosine_loss", "accuracy", "latency_ms", "size_bytes"],
+    "causal-lm": ["perplexity", "ppl_ratio", "kl_divergence", "embedding_cosine", "probe_accuracy", "latency_ms", "size_fraction"],
+    "encoder": ["embedding_cosine", "embedding_cosine_loss", "probe_accuracy", "latency_ms", "size_bytes"],
 }
 
 
@@ -41,7 +41,7 @@ def test_cuda_matches_cpu_and_self_values_hold(task, model_name, request, make_c
         assert values["ppl_ratio"] == pytest.approx(1.0, abs=1e-9)
         assert values["kl_divergence"] == pytest.approx(0.0, abs=1e-9)
         assert values["perplexity"] == pytest.approx(cpu_values["perplexity"], rel=1e-3)
-    assert values["accuracy"] == cpu_values["accuracy"]
+    assert values["probe_accuracy"] == cpu_values["probe_accuracy"]
     assert values["latency_ms"] > 0.0 and len(syncs) >= 8  # one after warmup + one per timed pass
 
     damaged = perturb_(copy.deepcopy(cpu_model), scale=1.0).to("cuda")

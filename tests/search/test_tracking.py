@@ -371,3 +371,73 @@ def test_front_artifacts_handle_three_objectives(tmp_path):
     reader = csv.reader(io.StringIO((folder / "pareto_front.csv").read_text()))
     assert next(reader)[:4] == ["trial", "a", "b", "c"]
     assert sorted(p.name for p in (folder / "best_plans").iterdir()) == ["best_a.yaml", "best_b.yaml", "best_c.yaml"]
+
+
+def test_pareto_png_puts_size_on_x_goes_log_for_an_outlier_and_labels_do_not_overlap(tmp_path):
+    from presso.search._records import TrialRow
+    from presso.search.tracking._plots import axis_scale, pareto_figure, write_png
+
+    objectives = [{"name": "ppl_ratio", "direction": "minimize", "unit": "ratio"},
+                  {"name": "size_fraction", "direction": "minimize", "unit": "fraction"}]
+    # a crowded front (labels would collide at one offset) and one ppl ratio of 19
+    points = [(1.0 + 0.01 * i, 0.30 - 0.004 * i) for i in range(12)] + [(19.0, 0.1), (1.5, 0.6)]
+    rows = [TrialRow(number=i, state="COMPLETE", values={"ppl_ratio": p, "size_fraction": s})
+            for i, (p, s) in enumerate(points)]
+    front = set(range(13))
+    fig = pareto_figure("t", objectives, rows, front)
+    ax = fig.axes[0]
+    assert ax.get_xlabel().startswith("size_fraction") and ax.get_ylabel().startswith("ppl_ratio")
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in ax.texts]
+    assert sorted(t.get_text() for t in ax.texts) == sorted(str(i) for i in front)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    write_png(tmp_path / "p.png", "t", objectives, rows, front)
+    from matplotlib.image import imread
+
+    image = imread(tmp_path / "p.png")
+    assert image.shape[0] > 300 and image.shape[1] > 500 and image.std() > 0.01  # not blank
+    assert axis_scale([1.0, 1.2]) == "linear" and axis_scale([0.0, 5.0]) == "linear" and axis_scale([1, 10]) == "log" and axis_scale([1, 9]) == "linear"
+
+
+def test_allocation_heatmap_has_blocks_on_x_and_module_types_on_y(tmp_path):
+    from presso.search._records import TrialRow
+    from presso.search.tracking._allocation import OUTSIDE, allocation_figure, allocation_table, write_allocation_pngs
+
+    layers = {"model.embed_tokens": {"quant": {"bits": 8}}}
+    for block in range(3):
+        layers[f"model.layers.{block}.self_attn.q_proj"] = {"quant": {"bits": 4 if block else 16}}
+        layers[f"model.layers.{block}.mlp.down_proj"] = {"sparsity": {"amount": 0.1 * block}, "quant": {"bits": 8}}
+    plan = {"_type": "Plan", "_data": {"layers": layers}}
+    columns, kinds, cells = allocation_table(plan)
+    assert columns == [OUTSIDE, "0", "1", "2"]
+    assert kinds == ["model.embed_tokens", "self_attn.q_proj", "mlp.down_proj"]
+    assert cells[("self_attn.q_proj", "0")] == (16.0, 0.0) and cells[("mlp.down_proj", "2")] == (8.0, 0.2)
+    fig = allocation_figure(plan, "t")
+    bits_ax, sparsity_ax = fig.axes[:2]
+    for ax in (bits_ax, sparsity_ax):
+        assert ax.get_xlabel() == "block" and ax.get_ylabel() == "module type"
+        assert [t.get_text() for t in ax.get_xticklabels()] == columns
+        assert [t.get_text() for t in ax.get_yticklabels()] == kinds
+    assert bits_ax.get_title().startswith("bits") and sparsity_ax.get_title().startswith("sparsity")
+    assert bits_ax.images[0].get_array()[1, 1] == 16.0 and sparsity_ax.images[0].get_array()[2, 3] == pytest.approx(0.2)
+    rows = [TrialRow(number=n, state="COMPLETE", values={"a": n}, plan=plan) for n in range(3)]
+    written = write_allocation_pngs(tmp_path, rows, {0, 2})
+    assert [p.name for p in written] == ["trial_0.png", "trial_2.png"]
+    assert all(p.stat().st_size > 5000 for p in written)
+
+
+def test_pareto_plot_flag_writes_the_pictures(tmp_path, capsys, monkeypatch):
+    from presso.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    study = tmp_path / "study.yaml"
+    study.write_text("name: pic\nmodel: tiny:llama\nspace: builtin:tiny\nobjectives: [ppl_ratio, size_fraction]\n"
+                     "trials: 3\ndevice: cpu\ntracking_uri: null\neval: {sequences: 4, seq_len: 32}\n")
+    assert main(["run", str(study), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "pic", "--plot", "pics", "--format", "json"]) == 0
+    out = capsys.readouterr()
+    assert out.out.lstrip().startswith("[") and "allocation heatmaps" in out.err
+    assert (tmp_path / "pics" / "pareto_front.png").stat().st_size > 5000
+    assert sorted(p.name for p in (tmp_path / "pics" / "allocation").iterdir())

@@ -1,9 +1,13 @@
 """The parent run's study artifacts: the Pareto front as interactive HTML (plotly) and PNG
-(matplotlib, no pyplot state), the front as CSV, and the best plan for each objective (YAML).
+(matplotlib, no pyplot state), the front as CSV, the best plan for each objective (YAML) and
+each front plan's per-layer allocation (``allocation/trial_<n>.png``, see ``_allocation``).
 
 Every trial is drawn faded, the front highlighted and joined, constraint violators marked
 with a red cross. Two objectives give one panel, three or more one panel per pair, one
-objective its value against the trial number.
+objective its value against the trial number. A size objective (``size_*``) always goes on
+the x axis and quality on y; an axis whose positive values span a factor of
+:data:`LOG_RANGE` or more is drawn in log scale, so one outlier (a ppl ratio of 19) does
+not squeeze the front into a corner. Front labels are placed so that they do not overlap.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ BEST_DIR = "best_plans"
 _FRONT_COLOR = "#d62728"
 _TRIAL_COLOR = "#7f7f7f"
 _VIOLATOR_COLOR = "#ff7f0e"
+LOG_RANGE = 10.0
+"""An axis goes log scale when its values are all positive and max / min reaches this."""
 
 
 def _plotted(rows: list[TrialRow], names: list[str]) -> list[TrialRow]:
@@ -40,11 +46,53 @@ def _label(objective: dict) -> str:
     return f"{objective['name']}{unit} ({better} is better)"
 
 
+def _is_size(objective: dict) -> bool:
+    return str(objective.get("name", "")).startswith("size")
+
+
 def _panels(objectives: list[dict]) -> list[tuple[dict | None, dict]]:
-    """(x, y) objective pairs; ``x is None`` means the trial number."""
+    """(x, y) objective pairs, size on x when a pair has one; ``x is None`` means the trial number."""
     if len(objectives) == 1:
         return [(None, objectives[0])]
-    return list(itertools.combinations(objectives, 2))
+    return [(b, a) if _is_size(b) and not _is_size(a) else (a, b) for a, b in itertools.combinations(objectives, 2)]
+
+
+def axis_scale(values: list[float]) -> str:
+    """``"log"`` when every value is positive and they span a factor of :data:`LOG_RANGE`, else ``"linear"``."""
+    finite = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if len(finite) < 2 or min(finite) <= 0:
+        return "linear"
+    return "log" if max(finite) / min(finite) >= LOG_RANGE else "linear"
+
+
+def _place_labels(ax, points: list[tuple[str, float, float]]) -> None:
+    """Annotate front points without overlapping labels: each label takes the first of a few
+    offsets (right-above, right-below, left-..., then further out with a leader line) whose box
+    does not meet a box already placed, in display pixels."""
+    fig = ax.figure
+    fig.draw_without_rendering()  # final limits and layout, so display coordinates hold
+    renderer = fig.canvas.get_renderer()
+    # NOTE: later labels do not move the layout (annotations are outside constrained layout's
+    # bookkeeping), so boxes measured now stay where they are drawn.
+    placed = []
+    offsets = [(5, 5), (5, -12), (-5, 5), (-5, -12), (5, 18), (5, -25), (-5, 18), (-5, -25),
+               (14, 31), (14, -38), (-14, 31), (-14, -38), (24, 44), (24, -51)]
+    for text, x, y in points:
+        chosen = None
+        for dx, dy in offsets:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                                ha="left" if dx >= 0 else "right",
+                                arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5) if abs(dy) > 25 else None)
+            box = label.get_window_extent(renderer).expanded(1.05, 1.1)
+            if not any(box.overlaps(other) for other in placed):
+                chosen = box
+                break
+            label.remove()
+        if chosen is None:  # crowded: the last offset, drawn anyway
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=offsets[-1], fontsize=7,
+                                arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5))
+            chosen = label.get_window_extent(renderer)
+        placed.append(chosen)
 
 
 def _hover(row: TrialRow, names: list[str]) -> str:
@@ -106,16 +154,20 @@ def write_html(path: Path, title: str, objectives: list[dict], rows: list[TrialR
                            customdata=[r.number for r in members], **styles[group]),
                 row=row, col=col,
             )
-        fig.update_xaxes(title_text="trial" if x is None else _label(x), row=row, col=col)
-        fig.update_yaxes(title_text=_label(y), row=row, col=col)
+        xs, ys = _xy(shown, x, y)
+        fig.update_xaxes(title_text="trial" if x is None else _label(x), row=row, col=col,
+                         type="linear" if x is None else axis_scale(xs))
+        fig.update_yaxes(title_text=_label(y), row=row, col=col, type=axis_scale(ys))
     fig.update_layout(title=title, template="plotly_white", height=480 * nrows, legend=dict(orientation="h", y=-0.15))
     # NOTE: plotly.js is embedded (about 4.7 MB) because the MLflow UI shows the file in a
     # sandboxed frame and the machines running it may have no internet access for a CDN.
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
-def write_png(path: Path, title: str, objectives: list[dict], rows: list[TrialRow], front: set[int]) -> None:
-    from matplotlib.figure import Figure  # no pyplot: no global state, Agg canvas
+def pareto_figure(title: str, objectives: list[dict], rows: list[TrialRow], front: set[int]):
+    """The matplotlib ``Figure`` behind :data:`PNG_NAME` (no pyplot: no global state, Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     names = [o["name"] for o in objectives]
     shown = _plotted(rows, names)
@@ -123,11 +175,17 @@ def write_png(path: Path, title: str, objectives: list[dict], rows: list[TrialRo
     cols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(6.4 * cols, 4.8 * nrows), layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer, to measure label boxes
     axes = fig.subplots(nrows, cols, squeeze=False).ravel()
     ok = [r for r in shown if r.number not in front and r.feasible]
     bad = [r for r in shown if not r.feasible]
     best = [r for r in shown if r.number in front]
+    labels = []
     for ax, (x, y) in zip(axes, panels):
+        all_x, all_y = _xy(shown, x, y)
+        if x is not None:
+            ax.set_xscale(axis_scale(all_x))
+        ax.set_yscale(axis_scale(all_y))
         if ok:
             ax.scatter(*_xy(ok, x, y), s=22, color=_TRIAL_COLOR, alpha=0.35, label="trials")
         if bad:
@@ -138,17 +196,22 @@ def write_png(path: Path, title: str, objectives: list[dict], rows: list[TrialRo
             if len(objectives) == 2:
                 ax.step(xs, ys, where="post", color=_FRONT_COLOR, linewidth=1.2, alpha=0.8)
             ax.scatter(xs, ys, s=50, color=_FRONT_COLOR, edgecolors="black", linewidths=0.6, zorder=3, label="Pareto front")
-            for r, px, py in zip(ordered, xs, ys):
-                ax.annotate(str(r.number), (px, py), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            labels.append((ax, [(str(r.number), px, py) for r, px, py in zip(ordered, xs, ys)]))
         ax.set_xlabel("trial" if x is None else _label(x))
         ax.set_ylabel(_label(y))
-        ax.grid(alpha=0.3)
+        ax.grid(alpha=0.3, which="both" if ax.get_yscale() == "log" or ax.get_xscale() == "log" else "major")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if shown:
         axes[0].legend(loc="best", fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=100)
+    for ax, points in labels:
+        _place_labels(ax, points)
+    return fig
+
+
+def write_png(path: Path, title: str, objectives: list[dict], rows: list[TrialRow], front: set[int]) -> None:
+    pareto_figure(title, objectives, rows, front).savefig(path, dpi=100)
 
 
 def write_csv(path: Path, objectives: list[dict], rows: list[TrialRow], front: set[int], run_ids: dict[int, str] | None = None) -> None:
@@ -199,4 +262,28 @@ def write_study_artifacts(folder: Path, study_name: str, objectives: list[dict],
     write_png(folder / PNG_NAME, title, objectives, rows, front)
     write_csv(folder / CSV_NAME, objectives, rows, front, run_ids)
     write_best_plans(folder / BEST_DIR, objectives, rows)
+    from presso.search.tracking._allocation import ALLOCATION_DIR, write_allocation_pngs
+
+    write_allocation_pngs(folder / ALLOCATION_DIR, rows, front)
     return folder
+
+
+def write_front_pictures(study, folder: Path) -> list[Path]:
+    """``presso pareto --plot``: the Pareto PNG and each front plan's allocation heatmap of a
+    stored study, written into ``folder``; returns the files written."""
+    from presso.search._records import pareto_rows, study_info, trial_rows
+    from presso.search.tracking._allocation import ALLOCATION_DIR, write_allocation_pngs
+
+    rows = trial_rows(study)
+    front = {r.number for r in pareto_rows(study, rows)}
+    objectives = [dict(o) for o in study_info(study).get("objectives") or []]
+    if not objectives:
+        from presso.errors import PressoError
+
+        raise PressoError(f"pareto --plot: study {study.study_name!r} has no Presso metadata; run it with `presso run`")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    complete = sum(1 for r in rows if r.state == "COMPLETE")
+    write_png(folder / PNG_NAME, f"{study.study_name}: Pareto front ({len(front)} of {complete} complete trials)",
+              objectives, rows, front)
+    return [folder / PNG_NAME, *write_allocation_pngs(folder / ALLOCATION_DIR, rows, front)]
