@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 from presso import __version__
 from presso.errors import PressoError
-from presso.plan import plan_to_dict
 from presso.search._config import StudyConfig
 from presso.search._observer import StudyObserver
-from presso.search._records import STUDY_ATTR, pareto_rows, row_from_trial, study_info, trial_rows
+from presso.search._records import MODULES_KEY, STUDY_ATTR, modules_info, pareto_rows, row_from_trial, study_info, trial_rows
 from presso.search._samplers import make_sampler
 from presso.search._storage import heartbeat, open_storage, redact
 from presso.search.optuna_space import suggest
@@ -74,6 +73,8 @@ def open_study(config: StudyConfig, storage, evaluator):
         "sampler": config.sampler,
         "trials": config.trials,
         "seed": config.seed,
+        # With space and model, rebuilds every trial's plan from its parameters (_records.plan_source).
+        MODULES_KEY: modules_info(evaluator.module_names, evaluator.embedding_names),
     }
     sampler = make_sampler(config.sampler, config.seed, len(evaluator.objective_specs))
     try:
@@ -91,7 +92,10 @@ def open_study(config: StudyConfig, storage, evaluator):
             study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
             created = False
     if not created:
-        _check_compatible(config.name, _wait_for_info(study), info)
+        stored = _wait_for_info(study)
+        _check_compatible(config.name, stored, info)
+        if MODULES_KEY not in stored:  # a study from before plans left the trials: its new trials need it
+            study.set_user_attr(STUDY_ATTR, stored | {MODULES_KEY: info[MODULES_KEY]})
     return study, created
 
 
@@ -279,8 +283,8 @@ def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         with heartbeat(storage, trial._trial_id, config.heartbeat_s):
+            # The plan itself is not stored: the params and the study attribute rebuild it.
             plan = suggest(trial, evaluator.bound, model=config.model)
-            trial.set_user_attr("plan", plan_to_dict(plan))
             promoter = _promoter(study, trial, evaluator, config)
             outcome = evaluator.evaluate(plan, promote=promoter) if promoter else evaluator.evaluate(plan)
     except KeyboardInterrupt:

@@ -110,7 +110,8 @@ class _DriverView:
         from presso.search._evaluator import METRIC_NAMES
 
         self.space_dict = space.to_dict()
-        self.bound = space.bind(description["module_names"], exact_names=description["embedding_names"])
+        self.module_names, self.embedding_names = description["module_names"], description["embedding_names"]
+        self.bound = space.bind(self.module_names, exact_names=self.embedding_names)
         self.objective_specs = list(description["objective_specs"])
         known = [*config.objectives, *METRIC_NAMES]
         self.constraints = [parse_constraint(text, known=known) for text in config.constraints]
@@ -296,7 +297,6 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
     import optuna
     import ray
 
-    from presso.plan import plan_to_dict
     from presso.search._progress import StudyProgress
     from presso.search._records import pareto_rows, row_from_trial
     from presso.search._storage import open_storage
@@ -352,7 +352,6 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
                         else:
                             if slot.where:
                                 trial.set_user_attr("worker", slot.where)
-                            trial.set_user_attr("plan", plan_to_dict(plan))
                             beats.add(trial._trial_id)
                             inflight[slot.handle.evaluate.remote(plan, trial.number)] = _InFlight(trial, slot, started)
                     rows, counted, running, waiting = budget.snapshot()
