@@ -101,23 +101,27 @@ def cmd_run(args) -> int:
 
 def _print_front(study_name: str, storage: str, fmt: str) -> None:
     from presso.search import load_existing_study, pareto_table
+    from presso.search._results import check_format
 
+    check_format(fmt)  # before the store is opened
     study = load_existing_study(study_name, storage)
     print(pareto_table(study, fmt))
 
 
 def cmd_status(args) -> int:
     from presso.search import load_existing_study, pareto_table, status_counts
+    from presso.search._index import StudyIndex
     from presso.search._records import study_info
 
     storage = _storage_arg(args)
     study = load_existing_study(args.study, storage)
-    counts = status_counts(study)
+    index = StudyIndex(study).refresh()  # one light read for the counts and the front
+    counts = status_counts(study, index)
     info = study_info(study)
     print(f"study {args.study!r}: budget {info.get('trials', '?')} trials, model {info.get('model', '?')}, "
           f"sampler {info.get('sampler', '?')}")
     print("  ".join(f"{state.lower()} {count}" for state, count in counts.items()))
-    print(pareto_table(study, "table"))
+    print(pareto_table(study, "table", index))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None)
     from presso.search import DEFAULT_TRACKING
     from presso.search._storage import redact
@@ -135,7 +139,9 @@ def cmd_pareto(args) -> int:
 
 def cmd_export(args) -> int:
     from presso.search import export_plan, load_existing_study
+    from presso.search._results import check_pick_rule
 
+    check_pick_rule(args.pick)  # a malformed rule is rejected before the store is opened
     study = load_existing_study(args.study, _storage_arg(args))
     row, path = export_plan(study, args.pick, args.output, force=args.force)
     shown = ", ".join(f"{k}={v:.6g}" for k, v in row.values.items())

@@ -24,7 +24,7 @@ from presso import __version__
 from presso.errors import PressoError
 from presso.search._config import StudyConfig
 from presso.search._observer import StudyObserver
-from presso.search._records import MODULES_KEY, STUDY_ATTR, modules_info, pareto_rows, row_from_trial, study_info, trial_rows
+from presso.search._records import MODULES_KEY, STUDY_ATTR, modules_info, row_from_trial, study_info
 from presso.search._samplers import make_sampler
 from presso.search._storage import heartbeat, open_storage, redact
 from presso.search.optuna_space import suggest
@@ -152,23 +152,24 @@ def check_warm_start_source(config: StudyConfig, storage) -> None:
 
 
 class _Budget:
+    """Budget counts of a study from a :class:`~presso.search._index.StudyIndex`: each check
+    reads only the trials still open at the last one (and those created since), so it costs
+    the same at trial 10,000 as at trial 100."""
+
     def __init__(self, study, trials: int):
+        from presso.search._index import StudyIndex
+
         self.study, self.trials = study, trials
+        self.index = StudyIndex(study)
 
     def snapshot(self):
-        rows = trial_rows(self.study)
-        counted = sum(r.counted for r in rows)
-        running = sum(r.state == "RUNNING" for r in rows)
-        waiting = sum(r.state == "WAITING" for r in rows)
-        return rows, counted, running, waiting
+        """``(index, counted, running, waiting)``, read now."""
+        index = self.index.refresh()
+        return index, index.counted, index.running, index.waiting
 
     def surplus(self, number: int) -> bool:
         """Whether trials numbered below ``number`` already fill the budget."""
-        ahead = 0
-        for row in trial_rows(self.study):
-            if row.number < number and (row.counted or row.state in ("RUNNING", "WAITING")):
-                ahead += 1
-        return ahead >= self.trials
+        return self.index.ahead_of(number) >= self.trials
 
 
 def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = None, progress: bool = True,
@@ -207,8 +208,8 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
         with bar:
             while max_trials_here is None or ran_here < max_trials_here:
                 optuna.storages.fail_stale_trials(study)
-                rows, counted, running, waiting = budget.snapshot()
-                bar.update(rows, len(pareto_rows(study, rows)))
+                index, counted, running, waiting = budget.snapshot()
+                bar.update_index(index)
                 if counted >= config.trials:
                     break
                 if counted + running >= config.trials and waiting == 0:
@@ -237,11 +238,12 @@ def summarize(name: str, study, ran_here: int, interrupted: bool) -> RunSummary:
     """The :class:`RunSummary` of ``study`` as stored now (``study`` None: nothing was created)."""
     if study is None:
         return RunSummary(name, 0, 0, 0, ran_here, 0, interrupted=interrupted)
-    rows = trial_rows(study)
+    from presso.search._index import StudyIndex
+
+    index = StudyIndex(study).refresh()
     return RunSummary(
-        study_name=name, counted=sum(r.counted for r in rows),
-        complete=sum(r.state == "COMPLETE" for r in rows), failed=sum(r.state == "FAIL" and r.counted for r in rows),
-        ran_here=ran_here, pareto_size=len(pareto_rows(study, rows)), interrupted=interrupted,
+        study_name=name, counted=index.counted, complete=index.finished["COMPLETE"], failed=index.counted_failed,
+        ran_here=ran_here, pareto_size=len(index.front), interrupted=interrupted,
     )
 
 

@@ -176,7 +176,10 @@ def pareto_rows(study, rows: list[TrialRow] | None = None) -> list[TrialRow]:
     """The feasible, complete, non-dominated trials, by trial number."""
     from presso.objectives import pareto_front
 
-    rows = trial_rows(study) if rows is None else rows
+    if rows is None:  # values first, then the front's details only
+        from presso.search._index import StudyIndex, full_rows
+
+        return sorted(full_rows(study, StudyIndex(study).refresh().front), key=lambda r: r.number)
     names, directions = objective_names(study), objective_directions(study)
     candidates = [r for r in rows if r.state == "COMPLETE" and r.feasible and all(n in r.values for n in names)]
     return pareto_front(candidates, directions, key=lambda r: [r.values[n] for n in names])

@@ -298,7 +298,7 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
     import ray
 
     from presso.search._progress import StudyProgress
-    from presso.search._records import pareto_rows, row_from_trial
+    from presso.search._records import row_from_trial
     from presso.search._storage import open_storage
     from presso.search.optuna_space import suggest
     from presso.spaces import load_space
@@ -329,8 +329,8 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
         with bar, _Heartbeats(storage, config.heartbeat_s) as beats:
             while True:
                 optuna.storages.fail_stale_trials(study)
-                rows, counted, running, waiting = budget.snapshot()
-                bar.update(rows, len(pareto_rows(study, rows)))
+                index, counted, running, waiting = budget.snapshot()
+                bar.update_index(index)
                 if counted >= config.trials and not inflight:
                     break
                 while idle and counted < config.trials and (counted + running < config.trials or waiting > 0):
@@ -354,7 +354,7 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
                                 trial.set_user_attr("worker", slot.where)
                             beats.add(trial._trial_id)
                             inflight[slot.handle.evaluate.remote(plan, trial.number)] = _InFlight(trial, slot, started)
-                    rows, counted, running, waiting = budget.snapshot()
+                    _, counted, running, waiting = budget.snapshot()
                 if not inflight:
                     time.sleep(min(config.heartbeat_s, 2))  # others' trials may still fail and need a retry
                     continue

@@ -90,3 +90,68 @@ def test_a_resumed_legacy_study_reads_both_forms(legacy):
     # The stored plans are what the rebuild gives, so both forms agree.
     rebuild = plan_source(study_info(study))
     assert all(rebuild(trials[n].params) == trials[n].user_attrs["plan"] for n in old)
+
+
+def _synthetic(url, n, start=0, seed=0):
+    """``n`` trials of every kind the index tells apart, written with Optuna's own API."""
+    import random
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    study = optuna.create_study(study_name="synthetic", storage=url, directions=["minimize", "minimize"],
+                                load_if_exists=True)
+    if not study.user_attrs:
+        study.set_user_attr("presso", {"objectives": [{"name": "a", "direction": "minimize"},
+                                                      {"name": "b", "direction": "minimize"}]})
+    rng = random.Random(seed)
+    for i in range(start, start + n):
+        kind = i % 7
+        a, b = rng.random(), rng.random()
+        attrs, system = {}, {"constraints:a <= 0.9": a - 0.9}
+        state, values = TrialState.COMPLETE, None
+        if kind == 1:
+            state, attrs = TrialState.FAIL, {"failure": "bad plan"}
+        elif kind == 2:
+            state, attrs = TrialState.FAIL, {"interrupted": "stopped"}
+        elif kind == 3:
+            state, attrs = TrialState.PRUNED, {"cancelled": "surplus"}
+        elif kind == 4:
+            state, attrs = TrialState.PRUNED, {"low_values": {"a": a}}
+        else:
+            attrs, values = {"values": {"a": a, "b": b}}, [a, b]
+        study.add_trial(create_trial(state=state, values=values, params={"x": a},
+                                     distributions={"x": FloatDistribution(0, 1)}, user_attrs=attrs, system_attrs=system))
+    study.enqueue_trial({"x": 0.5})
+    return study
+
+
+def _by_full_read(study):
+    from collections import Counter
+
+    from presso.search._index import _category
+
+    rows = trial_rows(study)
+    from presso.search._records import pareto_rows
+
+    return Counter(_category(r) for r in rows), sum(r.counted for r in rows), {r.number for r in pareto_rows(study, rows)}
+
+
+def test_the_index_agrees_with_a_full_read_and_stays_right_incrementally(tmp_path):
+    from presso.search._index import StudyIndex
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = _synthetic(url, 60)
+    index = StudyIndex(study).refresh()
+    counts, counted, front = _by_full_read(study)
+    assert (index.counts(), index.counted, {r.number for r in index.front}) == (counts, counted, front)
+    assert index.waiting == 1 and index.floor == 60  # only the queued trial (number 60) is read again
+    assert counts["RETRIED"] and counts["CANCELLED"] and counts["PRUNED"] and counts["FAIL"]
+    study = _synthetic(url, 30, start=61, seed=1)  # more trials, the queued one still waiting
+    index.refresh()
+    counts, counted, front = _by_full_read(study)
+    assert (index.counts(), index.counted, {r.number for r in index.front}) == (counts, counted, front)
+    assert index.ahead_of(200) == counted + 2  # two queued trials
+    rows = trial_rows(study)
+    for number in (10, 61, 75):
+        assert index.ahead_of(number) == sum(r.number < number and (r.counted or r.state == "WAITING") for r in rows)
