@@ -16,6 +16,7 @@ from dataclasses import replace
 from presso.errors import PressoError
 
 EXIT_USAGE = 2
+_STORE_READERS = ("status", "pareto", "export")
 
 
 def _quiet_libraries() -> None:
@@ -295,7 +296,8 @@ def _sigterm_as_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    if args.command not in _STORE_READERS:  # they never load a model: spare them transformers' import (~1 s)
+        _quiet_libraries()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return args.func(args) or 0
