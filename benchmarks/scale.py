@@ -141,6 +141,11 @@ def copy_trials(storage, study_id: int, total: int, rng: random.Random) -> None:
             for model, rows in new_rows.items():
                 if rows:
                     conn.execute(insert(model.__table__), rows)
+    if storage.engine.dialect.name == "postgresql":  # explicit trial ids do not move the id sequence
+        from sqlalchemy import text
+
+        with storage.engine.begin() as conn:
+            conn.execute(text("select setval(pg_get_serial_sequence('trials', 'trial_id'), (select max(trial_id) from trials))"))
 
 
 def db_bytes(url: str, storage) -> int:

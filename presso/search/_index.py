@@ -140,12 +140,10 @@ def light_rows(study, from_number: int = 0, names: list[str] | None = None) -> l
     system = models.TrialSystemAttributeModel.__table__
     where = (trials.c.study_id == study._study_id, trials.c.number >= from_number)
 
-    def joined(table, *columns):
-        return select(table.c.trial_id, *columns).join(trials, table.c.trial_id == trials.c.trial_id).where(*where)
-
     with storage.engine.connect() as conn:
         # States first: a trial that finishes between the queries has all its attributes by then.
         found = conn.execute(select(trials.c.trial_id, trials.c.number, trials.c.state).where(*where)).all()
+        joined = _per_trial(trials, where, [row[0] for row in found], from_number)
         value_rows = conn.execute(joined(values, values.c.objective, values.c.value, values.c.value_type)).all()
         attrs = conn.execute(joined(user, user.c.key, user.c.value_json).where(user.c.key.in_(_KEYS))).all()
         constraints = conn.execute(
@@ -172,6 +170,22 @@ def light_rows(study, from_number: int = 0, names: list[str] | None = None) -> l
             user_attrs=by_id.get(trial_id, {}), trial_id=trial_id,
         ))
     return sorted(rows, key=lambda r: r.number)
+
+
+def _per_trial(trials, where, trial_ids: list[int], from_number: int):
+    """A select of a per-trial table's rows for the trials ``where`` picks. A window of recent
+    trials is looked up by id (the tables' (trial_id, key) indexes), so its cost does not grow
+    with the study: joined on ``trials`` instead, PostgreSQL scans the whole table. A full read
+    (or a large window) joins."""
+    from sqlalchemy import select
+
+    def joined(table, *columns):
+        query = select(table.c.trial_id, *columns)
+        if from_number > 0 and len(trial_ids) <= 1000:
+            return query.where(table.c.trial_id.in_(trial_ids))
+        return query.join(trials, table.c.trial_id == trials.c.trial_id).where(*where)
+
+    return joined
 
 
 def _light(trial, names: list[str]) -> TrialRow:
@@ -215,12 +229,9 @@ def trial_params(study, from_number: int = 0, below: int | None = None) -> dict[
         where.append(trials.c.number < below)
     with storage.engine.connect() as conn:
         numbers = conn.execute(select(trials.c.trial_id, trials.c.number).where(*where)).all()
-        values = conn.execute(
-            select(params.c.trial_id, params.c.param_name, params.c.param_value, params.c.distribution_json)
-            .join(trials, params.c.trial_id == trials.c.trial_id).where(*where)).all()
-        fixed = conn.execute(
-            select(system.c.trial_id, system.c.value_json).join(trials, system.c.trial_id == trials.c.trial_id)
-            .where(*where, system.c.key == "fixed_params")).all()
+        joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
+        values = conn.execute(joined(params, params.c.param_name, params.c.param_value, params.c.distribution_json)).all()
+        fixed = conn.execute(joined(system, system.c.value_json).where(system.c.key == "fixed_params")).all()
     number_of = dict(numbers)
     out: dict[int, dict] = {number: {} for number in number_of.values()}
     distributions: dict[str, object] = {}  # a study has few distinct distributions: parse each once
