@@ -16,6 +16,7 @@ from dataclasses import replace
 from presso.errors import PressoError
 
 EXIT_USAGE = 2
+_STORE_READERS = ("status", "pareto", "export")
 
 
 def _quiet_libraries() -> None:
@@ -101,23 +102,27 @@ def cmd_run(args) -> int:
 
 def _print_front(study_name: str, storage: str, fmt: str) -> None:
     from presso.search import load_existing_study, pareto_table
+    from presso.search._results import check_format
 
+    check_format(fmt)  # before the store is opened
     study = load_existing_study(study_name, storage)
     print(pareto_table(study, fmt))
 
 
 def cmd_status(args) -> int:
     from presso.search import load_existing_study, pareto_table, status_counts
+    from presso.search._index import StudyIndex
     from presso.search._records import study_info
 
     storage = _storage_arg(args)
     study = load_existing_study(args.study, storage)
-    counts = status_counts(study)
+    index = StudyIndex(study).refresh()  # one light read for the counts and the front
+    counts = status_counts(study, index)
     info = study_info(study)
     print(f"study {args.study!r}: budget {info.get('trials', '?')} trials, model {info.get('model', '?')}, "
           f"sampler {info.get('sampler', '?')}")
     print("  ".join(f"{state.lower()} {count}" for state, count in counts.items()))
-    print(pareto_table(study, "table"))
+    print(pareto_table(study, "table", index))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None)
     from presso.search import DEFAULT_TRACKING
     from presso.search._storage import redact
@@ -144,7 +149,9 @@ def cmd_pareto(args) -> int:
 
 def cmd_export(args) -> int:
     from presso.search import export_plan, load_existing_study
+    from presso.search._results import check_pick_rule
 
+    check_pick_rule(args.pick)  # a malformed rule is rejected before the store is opened
     study = load_existing_study(args.study, _storage_arg(args))
     row, path = export_plan(study, args.pick, args.output, force=args.force)
     shown = ", ".join(f"{k}={v:.6g}" for k, v in row.values.items())
@@ -336,7 +343,8 @@ def _sigterm_as_interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries()
+    if args.command not in _STORE_READERS:  # they never load a model: spare them transformers' import (~1 s)
+        _quiet_libraries()
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return args.func(args) or 0

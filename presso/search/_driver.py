@@ -22,10 +22,9 @@ from dataclasses import dataclass
 
 from presso import __version__
 from presso.errors import PressoError
-from presso.plan import plan_to_dict
 from presso.search._config import StudyConfig
 from presso.search._observer import StudyObserver
-from presso.search._records import STUDY_ATTR, pareto_rows, row_from_trial, study_info, trial_rows
+from presso.search._records import MODULES_KEY, STUDY_ATTR, modules_info, row_from_trial, study_info
 from presso.search._samplers import make_sampler
 from presso.search._storage import heartbeat, open_storage, redact
 from presso.search.optuna_space import suggest
@@ -74,6 +73,8 @@ def open_study(config: StudyConfig, storage, evaluator):
         "sampler": config.sampler,
         "trials": config.trials,
         "seed": config.seed,
+        # With space and model, rebuilds every trial's plan from its parameters (_records.plan_source).
+        MODULES_KEY: modules_info(evaluator.module_names, evaluator.embedding_names),
     }
     sampler = make_sampler(config.sampler, config.seed, len(evaluator.objective_specs))
     try:
@@ -91,7 +92,10 @@ def open_study(config: StudyConfig, storage, evaluator):
             study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
             created = False
     if not created:
-        _check_compatible(config.name, _wait_for_info(study), info)
+        stored = _wait_for_info(study)
+        _check_compatible(config.name, stored, info)
+        if MODULES_KEY not in stored:  # a study from before plans left the trials: its new trials need it
+            study.set_user_attr(STUDY_ATTR, stored | {MODULES_KEY: info[MODULES_KEY]})
     return study, created
 
 
@@ -148,23 +152,24 @@ def check_warm_start_source(config: StudyConfig, storage) -> None:
 
 
 class _Budget:
+    """Budget counts of a study from a :class:`~presso.search._index.StudyIndex`: each check
+    reads only the trials still open at the last one (and those created since), so it costs
+    the same at trial 10,000 as at trial 100."""
+
     def __init__(self, study, trials: int):
+        from presso.search._index import StudyIndex
+
         self.study, self.trials = study, trials
+        self.index = StudyIndex(study)
 
     def snapshot(self):
-        rows = trial_rows(self.study)
-        counted = sum(r.counted for r in rows)
-        running = sum(r.state == "RUNNING" for r in rows)
-        waiting = sum(r.state == "WAITING" for r in rows)
-        return rows, counted, running, waiting
+        """``(index, counted, running, waiting)``, read now."""
+        index = self.index.refresh()
+        return index, index.counted, index.running, index.waiting
 
     def surplus(self, number: int) -> bool:
         """Whether trials numbered below ``number`` already fill the budget."""
-        ahead = 0
-        for row in trial_rows(self.study):
-            if row.number < number and (row.counted or row.state in ("RUNNING", "WAITING")):
-                ahead += 1
-        return ahead >= self.trials
+        return self.index.ahead_of(number) >= self.trials
 
 
 def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = None, progress: bool = True,
@@ -203,8 +208,8 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
         with bar:
             while max_trials_here is None or ran_here < max_trials_here:
                 optuna.storages.fail_stale_trials(study)
-                rows, counted, running, waiting = budget.snapshot()
-                bar.update(rows, len(pareto_rows(study, rows)))
+                index, counted, running, waiting = budget.snapshot()
+                bar.update_index(index)
                 if counted >= config.trials:
                     break
                 if counted + running >= config.trials and waiting == 0:
@@ -233,11 +238,12 @@ def summarize(name: str, study, ran_here: int, interrupted: bool) -> RunSummary:
     """The :class:`RunSummary` of ``study`` as stored now (``study`` None: nothing was created)."""
     if study is None:
         return RunSummary(name, 0, 0, 0, ran_here, 0, interrupted=interrupted)
-    rows = trial_rows(study)
+    from presso.search._index import StudyIndex
+
+    index = StudyIndex(study).refresh()
     return RunSummary(
-        study_name=name, counted=sum(r.counted for r in rows),
-        complete=sum(r.state == "COMPLETE" for r in rows), failed=sum(r.state == "FAIL" and r.counted for r in rows),
-        ran_here=ran_here, pareto_size=len(pareto_rows(study, rows)), interrupted=interrupted,
+        study_name=name, counted=index.counted, complete=index.finished["COMPLETE"], failed=index.counted_failed,
+        ran_here=ran_here, pareto_size=len(index.front), interrupted=interrupted,
     )
 
 
@@ -279,8 +285,8 @@ def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
         with heartbeat(storage, trial._trial_id, config.heartbeat_s):
+            # The plan itself is not stored: the params and the study attribute rebuild it.
             plan = suggest(trial, evaluator.bound, model=config.model)
-            trial.set_user_attr("plan", plan_to_dict(plan))
             promoter = _promoter(study, trial, evaluator, config)
             outcome = evaluator.evaluate(plan, promote=promoter) if promoter else evaluator.evaluate(plan)
     except KeyboardInterrupt:

@@ -33,6 +33,13 @@ class StudyProgress:
         failed = sum(r.state == "FAIL" and r.counted for r in rows)
         self._progress.update(self._task, completed=min(counted, self.total), failed=failed, front=front_size)
 
+    def update_index(self, index) -> None:
+        """Same as :meth:`update`, from a :class:`~presso.search._index.StudyIndex` (no trial is read)."""
+        if self._progress is None:
+            return
+        self._progress.update(self._task, completed=min(index.counted, self.total), failed=index.counted_failed,
+                              front=len(index.front))
+
     def trial_done(self, row) -> None:
         if self._progress is None:
             return

@@ -7,11 +7,17 @@ Study user attribute ``"presso"`` (set when the study is created)::
     {"version": "0.1.0", "model": "builtin:smollm2-135m",
      "objectives": [{"name": "ppl_ratio", "direction": "minimize", "unit": "x"}, ...],
      "constraints": ["ppl_ratio <= 2.0"], "space": {...space as data...},
-     "space_fingerprint": "sha256...", "eval": {...}, "sampler": "evo", "trials": 30, "seed": 0}
+     "space_fingerprint": "sha256...", "eval": {...}, "sampler": "evo", "trials": 30, "seed": 0,
+     "modules": {"exact": ["model.embed_tokens"], "blocks": ["model.layers.0.self_attn.q_proj", ...]}}
+
+``modules`` are the names the space was bound to (``SearchSpace.bind``); with ``space`` and
+``model`` they rebuild any trial's plan from its parameters (:func:`plan_source`), so a trial
+does not store its plan (a SmolLM2 plan is about 40 KB, the parameters a few hundred bytes).
 
 Trial user attributes:
 
-- ``plan``: the full plan (``plan_to_dict``), set before the trial is evaluated;
+- ``plan``: only in studies written before the plan moved to the study attribute (read
+  either form: a stored plan wins);
 - ``values``: ``{objective name: value}`` (also the Optuna values, in objective order);
 - ``metrics``: extra measurements (``size_bytes``, ``dense_bytes``, ...);
 - ``timings``: ``{"load_s", "compress_s", "evaluate_s", "total_s"}`` in seconds;
@@ -29,9 +35,13 @@ Constraint values go through ``trial.set_constraint`` (<= 0 is feasible).
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
+from typing import Callable
 
 STUDY_ATTR = "presso"
+MODULES_KEY = "modules"
 
 
 @dataclass
@@ -40,7 +50,7 @@ class TrialRow:
     state: str  # COMPLETE | FAIL | RUNNING | WAITING | PRUNED
     values: dict[str, float] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    plan: dict | None = None
+    plan: dict | None = None  # built on first read from the params when not stored (see below)
     timings: dict[str, float] = field(default_factory=dict)
     failure: str | None = None
     feasible: bool = True
@@ -48,6 +58,8 @@ class TrialRow:
     user_attrs: dict = field(default_factory=dict)
     datetime_start: object = None
     datetime_complete: object = None
+    trial_id: int | None = None  # Optuna's storage id (to read one trial's details)
+    plan_source: Callable[[], dict | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def counted(self) -> bool:
@@ -57,7 +69,25 @@ class TrialRow:
                 or (self.state == "PRUNED" and "low_values" in self.user_attrs))
 
 
-def row_from_trial(trial) -> TrialRow:
+def _get_plan(row: TrialRow) -> dict | None:
+    if row._plan is None and row.plan_source is not None:
+        row._plan, row.plan_source = row.plan_source(), None
+    return row._plan
+
+
+def _set_plan(row: TrialRow, value: dict | None) -> None:
+    row._plan = value
+
+
+# NOTE: a property installed after @dataclass keeps ``TrialRow(plan=...)`` working while a row
+# built from a trial rebuilds its plan only when someone reads it (status of 10,000 trials
+# reads values only; the front's few plans are built on demand).
+TrialRow.plan = property(_get_plan, _set_plan, doc="The trial's plan as ``plan_to_dict`` data, or None.")
+
+
+def row_from_trial(trial, plans: Callable[[dict], dict | None] | None = None) -> TrialRow:
+    """The :class:`TrialRow` of an Optuna trial; ``plans`` (:func:`plan_source`) rebuilds the
+    plan from the parameters when the trial does not store one."""
     attrs = dict(trial.user_attrs)
     constraints: list[float] = []
     for key, value in (trial.system_attrs or {}).items():
@@ -66,7 +96,7 @@ def row_from_trial(trial) -> TrialRow:
         elif key == "constraints" and isinstance(value, (list, tuple)):  # older constraints_func format
             constraints.extend(float(v) for v in value)
     feasible = all(v <= 0.0 for v in constraints)
-    return TrialRow(
+    row = TrialRow(
         number=trial.number,
         state=trial.state.name,
         values=dict(attrs.get("values") or {}),
@@ -80,6 +110,10 @@ def row_from_trial(trial) -> TrialRow:
         datetime_start=trial.datetime_start,
         datetime_complete=trial.datetime_complete,
     )
+    if row.plan is None and plans is not None and trial.params:
+        params = dict(trial.params)
+        row.plan_source = lambda: plans(params)
+    return row
 
 
 def study_info(study) -> dict:
@@ -94,15 +128,58 @@ def objective_directions(study) -> list[str]:
     return [o["direction"] for o in study_info(study).get("objectives", [])]
 
 
-def trial_rows(study) -> list[TrialRow]:
-    return [row_from_trial(t) for t in study.get_trials(deepcopy=False)]
+def modules_info(bound_names: list[str], exact_names: list[str]) -> dict:
+    """The ``modules`` entry of the study attribute: what ``SearchSpace.bind`` was given."""
+    return {"exact": list(exact_names), "blocks": list(bound_names)}
+
+
+def plan_source(info: dict) -> Callable[[dict], dict | None] | None:
+    """A function from a trial's parameters to its plan (``plan_to_dict`` data), rebuilt from
+    the study attribute exactly as the driver built it when the trial ran (same space, same
+    module names, same model); None for a study written before ``modules`` was stored (its
+    trials keep their plans)."""
+    if not info.get(MODULES_KEY) or not isinstance(info.get("space"), dict):
+        return None
+    return _plan_builder(json.dumps([info["space"], info.get("model"), info[MODULES_KEY]], sort_keys=True))
+
+
+@functools.lru_cache(maxsize=8)
+def _plan_builder(key: str) -> Callable[[dict], dict | None]:
+    from presso.plan import plan_to_dict
+    from presso.spaces import load_space
+
+    space, model, modules = json.loads(key)
+    bound = load_space(space).bind(modules["blocks"], exact_names=modules["exact"])
+
+    def build(params: dict) -> dict | None:
+        try:
+            plan = bound.sample(lambda name, _domain: params[name], model=model)
+        except KeyError:  # a trial still being suggested, or one that failed half-way
+            return None
+        return plan_to_dict(plan)
+
+    return build
+
+
+def rows_of(study, trials) -> list[TrialRow]:
+    """Rows of ``trials`` (of ``study``), their plans rebuilt on demand."""
+    plans = plan_source(study_info(study))
+    return [row_from_trial(t, plans) for t in trials]
+
+
+def trial_rows(study, states=None) -> list[TrialRow]:
+    """Every trial of ``study`` (or those in ``states``, Optuna ``TrialState`` values) as rows."""
+    return rows_of(study, study.get_trials(deepcopy=False, states=states))
 
 
 def pareto_rows(study, rows: list[TrialRow] | None = None) -> list[TrialRow]:
     """The feasible, complete, non-dominated trials, by trial number."""
     from presso.objectives import pareto_front
 
-    rows = trial_rows(study) if rows is None else rows
+    if rows is None:  # values first, then the front's details only
+        from presso.search._index import StudyIndex, full_rows
+
+        return sorted(full_rows(study, StudyIndex(study).refresh().front), key=lambda r: r.number)
     names, directions = objective_names(study), objective_directions(study)
     candidates = [r for r in rows if r.state == "COMPLETE" and r.feasible and all(n in r.values for n in names)]
     return pareto_front(candidates, directions, key=lambda r: [r.values[n] for n in names])

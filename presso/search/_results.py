@@ -1,29 +1,49 @@
-"""Reading a study back: counts, the Pareto front as table/JSON/CSV, and exporting a plan."""
+"""Reading a study back: counts, the Pareto front as table/JSON/CSV, and exporting a plan.
+
+Each answer reads values and states first (:class:`~presso.search._index.StudyIndex`), then
+the details of the few front trials only; arguments are checked before the store is read
+(:func:`check_format`, :func:`check_pick_rule`), so a typo costs nothing on a large study."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-from collections import Counter
-
 from presso.errors import PressoError
-from presso.search._records import objective_names, pareto_rows, trial_rows
+from presso.search._index import StudyIndex, full_rows
+from presso.search._records import objective_names
 
 _STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED")
+FORMATS = ("table", "json", "csv")
 
 
-def status_counts(study) -> dict[str, int]:
+def check_format(fmt: str) -> None:
+    """Raise unless ``fmt`` is one of :data:`FORMATS`."""
+    if fmt not in FORMATS:
+        raise PressoError(f"format: got {fmt!r}; allowed: {', '.join(FORMATS)}")
+
+
+def check_pick_rule(rule_text: str) -> None:
+    """Check a pick rule against every name a study can record (registered objectives and the
+    evaluator's metrics) before any store is opened; the study's own names are checked again
+    once it is read."""
+    from presso.objectives import parse_pick_rule, registered_objectives
+    from presso.search._evaluator import METRIC_NAMES
+
+    parse_pick_rule(rule_text, known=[*registered_objectives(), *METRIC_NAMES])
+
+
+def status_counts(study, index: StudyIndex | None = None) -> dict[str, int]:
     """Trials by state; interrupted and cancelled trials are shown apart from real failures."""
-    counts: Counter = Counter()
-    for row in trial_rows(study):
-        if row.state == "FAIL" and row.failure is None:
-            counts["RETRIED"] += 1  # interrupted or lost with its worker; a retry was queued
-        elif row.state == "PRUNED" and "cancelled" in row.user_attrs:
-            counts["CANCELLED"] += 1
-        else:
-            counts[row.state] += 1
+    counts = (index or StudyIndex(study).refresh()).counts()
     return {state: counts[state] for state in (*_STATES, "RETRIED", "CANCELLED") if counts[state]}
+
+
+def front_rows(study, index: StudyIndex | None = None) -> list:
+    """The feasible Pareto front with its details (metrics, plans on demand), by objective values."""
+    index = index or StudyIndex(study).refresh()
+    names = objective_names(study)
+    return sorted(full_rows(study, index.front), key=lambda r: [r.values[n] for n in names])
 
 
 def _plan_summary(plan: dict | None) -> str:
@@ -40,10 +60,11 @@ def _plan_summary(plan: dict | None) -> str:
     return f"{len(layers)} modules, mean {sum(bits) / len(bits):.2f} bits, mean sparsity {sum(sparsity) / len(sparsity):.2f}"
 
 
-def pareto_table(study, fmt: str = "table") -> str:
+def pareto_table(study, fmt: str = "table", index: StudyIndex | None = None) -> str:
     """The front as a rich table (``table``), a JSON list of ``{number, values, plan}`` or CSV."""
+    check_format(fmt)
     names = objective_names(study)
-    front = sorted(pareto_rows(study), key=lambda r: [r.values[n] for n in names])
+    front = front_rows(study, index)
     if fmt == "json":
         return json.dumps(
             [{"number": r.number, "values": r.values, "metrics": r.metrics, "plan": r.plan} for r in front], indent=1
@@ -56,8 +77,6 @@ def pareto_table(study, fmt: str = "table") -> str:
         for r in front:
             writer.writerow([r.number, *(r.values[n] for n in names), *(r.metrics.get(m, "") for m in metric_names)])
         return out.getvalue().rstrip("\n")
-    if fmt != "table":
-        raise PressoError(f"format: got {fmt!r}; allowed: table, json, csv")
     from rich.console import Console
     from rich.table import Table
 
@@ -85,7 +104,8 @@ def export_plan(study, rule_text: str, output: str, force: bool = False):
     from presso.objectives import parse_pick_rule
     from presso.plan import plan_from_dict, save_plan
 
-    front = pareto_rows(study)
+    check_pick_rule(rule_text)
+    front = front_rows(study)
     if not front:
         raise PressoError(f"export: study {study.study_name!r} has no complete feasible trial yet")
     known = sorted({*objective_names(study), *(k for r in front for k in r.metrics)})

@@ -110,7 +110,8 @@ class _DriverView:
         from presso.search._evaluator import METRIC_NAMES
 
         self.space_dict = space.to_dict()
-        self.bound = space.bind(description["module_names"], exact_names=description["embedding_names"])
+        self.module_names, self.embedding_names = description["module_names"], description["embedding_names"]
+        self.bound = space.bind(self.module_names, exact_names=self.embedding_names)
         self.objective_specs = list(description["objective_specs"])
         known = [*config.objectives, *METRIC_NAMES]
         self.constraints = [parse_constraint(text, known=known) for text in config.constraints]
@@ -296,9 +297,8 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
     import optuna
     import ray
 
-    from presso.plan import plan_to_dict
     from presso.search._progress import StudyProgress
-    from presso.search._records import pareto_rows, row_from_trial
+    from presso.search._records import row_from_trial
     from presso.search._storage import open_storage
     from presso.search.optuna_space import suggest
     from presso.spaces import load_space
@@ -329,8 +329,8 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
         with bar, _Heartbeats(storage, config.heartbeat_s) as beats:
             while True:
                 optuna.storages.fail_stale_trials(study)
-                rows, counted, running, waiting = budget.snapshot()
-                bar.update(rows, len(pareto_rows(study, rows)))
+                index, counted, running, waiting = budget.snapshot()
+                bar.update_index(index)
                 if counted >= config.trials and not inflight:
                     break
                 while idle and counted < config.trials and (counted + running < config.trials or waiting > 0):
@@ -352,10 +352,9 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
                         else:
                             if slot.where:
                                 trial.set_user_attr("worker", slot.where)
-                            trial.set_user_attr("plan", plan_to_dict(plan))
                             beats.add(trial._trial_id)
                             inflight[slot.handle.evaluate.remote(plan, trial.number)] = _InFlight(trial, slot, started)
-                    rows, counted, running, waiting = budget.snapshot()
+                    _, counted, running, waiting = budget.snapshot()
                 if not inflight:
                     time.sleep(min(config.heartbeat_s, 2))  # others' trials may still fail and need a retry
                     continue

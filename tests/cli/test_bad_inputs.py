@@ -122,3 +122,14 @@ def test_remote_code_stays_off_unless_asked(tmp_path, monkeypatch, capsys):
     assert code == 2
     assert "contains custom code" in err and "Traceback" not in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("pick, fragment", [("smallest size", "pick rule"), ("min sise_fraction", "did you mean")])
+def test_a_malformed_pick_rule_is_rejected_before_the_store_is_opened(tmp_path, capsys, pick, fragment):
+    """A large study takes time to read: the rule is checked first, so nothing is opened (the
+    SQLite file and its folder are never created) and the answer is immediate."""
+    store = tmp_path / "never" / "studies.db"
+    code = main(["export", "--study", "s", "--storage", f"sqlite:///{store}", "--pick", pick, "-o", str(tmp_path / "p.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "no study named" not in err
+    assert not store.parent.exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from presso.errors import PressoError
-from presso.search._records import STUDY_ATTR, pareto_rows, row_from_trial, study_info
+from presso.search._records import STUDY_ATTR, pareto_rows, plan_source, row_from_trial, rows_of, study_info
 from presso.search._storage import redact
 from presso.search.tracking import _client
 from presso.search.tracking._plots import best_rows, write_study_artifacts
@@ -278,7 +278,7 @@ class StudyMirror:
         Returns ``"created"``, ``"updated"`` or ``"unchanged"``; logs only what is missing, so
         calling it again never duplicates a run, a param or a metric point.
         """
-        row = row or row_from_trial(trial)
+        row = row or row_from_trial(trial, plan_source(self.info))
         child = self.lookup(trial.number, remote)
         if child is not None and child.status in _TERMINAL and child.state == row.state:
             return "unchanged"
@@ -393,7 +393,7 @@ def sync_study(study, tracking_uri: str | None = None, *, artifact_root: str | N
         mirror.load()
         report = SyncReport(experiment_id=mirror.experiment_id)
         trials = study.get_trials(deepcopy=False)
-        rows = [row_from_trial(t) for t in trials]
+        rows = rows_of(study, trials)
         front = front_numbers(study, rows)
         mirror.sync(trials, {r.number: r for r in rows}, front, report)
         report.retagged = mirror.retag(front)

@@ -13,7 +13,7 @@ import threading
 import time
 
 from presso.search._observer import StudyObserver
-from presso.search._records import row_from_trial
+from presso.search._records import plan_source, row_from_trial, rows_of
 from presso.search._storage import redact
 from presso.search.tracking import _client
 from presso.search.tracking._mirror import StudyMirror, SyncReport, front_numbers
@@ -215,7 +215,7 @@ class MlflowTracker(StudyObserver):
             self._mirror.load()
         mirror = self._mirror
         trials = study.get_trials(deepcopy=False)
-        rows = [row_from_trial(t) for t in trials]
+        rows = rows_of(study, trials)
         by_number = {r.number: r for r in rows}
         front = front_numbers(study, rows)
         resync, self._resync = self._resync, False
@@ -232,7 +232,7 @@ class MlflowTracker(StudyObserver):
         for number in sorted(self._pending):
             trial = self._pending[number]
             try:
-                mirror.log_trial(trial, self._parent_id, number in front, row_from_trial(trial))
+                mirror.log_trial(trial, self._parent_id, number in front, row_from_trial(trial, plan_source(mirror.info)))
             except Exception as exc:  # noqa: BLE001
                 if _client.is_unreachable(exc):
                     raise
