@@ -15,6 +15,11 @@ KEEP_BITS = 16
 
 BITS_ALLOWED = (2, 3, 4, 5, 6, 7, 8, KEEP_BITS)
 UNSTRUCTURED = "unstructured"
+
+QUANT_METHODS = {"rtn": "none", "rtn_fmin": "none", "imatrix": "norms", "gptq": "hessian"}
+"""Quantization methods by name, with the calibration statistics each needs (``"none"``,
+``"norms"``: squared input norms, ``"hessian"``: ``X^T X``). The handlers live in
+:mod:`presso.compress.quantizers`; this table lets plans and spaces check names without torch."""
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -87,18 +92,23 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Round-to-nearest weight quantization with integer codes.
+    """Weight quantization with integer codes.
 
     Args:
         bits: code width; one of 2-8, or 16 to keep the weights unquantized.
         group_size: inputs sharing one scale (and zero point); 0 means one group per
             output channel. Must divide the layer's input width.
         symmetric: codes centred on zero (no zero point) instead of asymmetric min/max.
+        method: how weights round onto the grid, one of :data:`QUANT_METHODS`: ``"rtn"``
+            (round to nearest, integer zero point), ``"rtn_fmin"`` (fp16 group minimum, as
+            GGUF Q4_1), ``"imatrix"`` (activation-weighted choice of scale and zero) or
+            ``"gptq"`` (error feedback through the input Hessian).
     """
 
     bits: int = KEEP_BITS
     group_size: int = 0
     symmetric: bool = False
+    method: str = "rtn"
 
     def __post_init__(self):
         _check_type("quant.bits", self.bits, int, f"one of {list(BITS_ALLOWED)}")
@@ -110,6 +120,16 @@ class QuantConfig:
                 f"quant.group_size: got {self.group_size!r}; allowed: 0 (per channel) or a positive integer such as 32, 64, 128"
             )
         _check_type("quant.symmetric", self.symmetric, bool, "true or false")
+        if not isinstance(self.method, str) or self.method not in QUANT_METHODS:
+            raise PressoError(f"quant.method: got {self.method!r}; allowed: {list(QUANT_METHODS)}")
+        if self.method == "rtn_fmin" and self.symmetric:
+            raise PressoError("quant.symmetric: got true with method 'rtn_fmin'; allowed: false "
+                              "(an fp16 group minimum is an asymmetric grid)")
+
+    @property
+    def needs(self) -> str:
+        """Calibration statistics the method needs: ``"none"``, ``"norms"`` or ``"hessian"``."""
+        return QUANT_METHODS[self.method] if self.active else "none"
 
     @property
     def active(self) -> bool:
@@ -277,7 +297,13 @@ class Plan:
 
     @property
     def needs_calibration(self) -> bool:
-        return self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
+        wanda = self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
+        return wanda or any(c.quant.needs != "none" for c in self.layers.values())
+
+    @property
+    def needs_hessians(self) -> bool:
+        """Whether some layer's quantization method needs input Hessians (``X^T X``)."""
+        return any(c.quant.needs == "hessian" for c in self.layers.values())
 
     @property
     def needs_recovery(self) -> bool:
