@@ -81,13 +81,14 @@ class CompressionAssets:
         self._work = None  # (model, {fqn: (dense weight, work weight)}), see _reusable_copy
         self._dirty: set[str] = set()
 
-    def calibration(self, samples: int, seq_len: int):
-        """The dense model's calibration statistics for these settings (computed once)."""
+    def calibration(self, samples: int, seq_len: int, hessians: bool = False):
+        """The dense model's calibration statistics for these settings (computed once; once more,
+        with input Hessians in the same pass, the first time a plan's quantizer needs them)."""
         from presso.compress import collect_calibration
 
         key = (samples, seq_len)
-        if key not in self._stats:
-            stats = collect_calibration(self.dense, self.text.calibration_ids(*key))
+        if key not in self._stats or (hessians and self._stats[key].hessians is None):
+            stats = collect_calibration(self.dense, self.text.calibration_ids(*key), hessians=hessians)
             stats.cache_ranks = self.cache_ranks
             self._stats[key] = stats
         return self._stats[key]
@@ -98,7 +99,7 @@ class CompressionAssets:
         key = (plan.calibration_samples, plan.calibration_seq_len)
         kwargs = {}
         if plan.needs_calibration:
-            kwargs["calibration"] = self.calibration(*key)
+            kwargs["calibration"] = self.calibration(*key, hessians=plan.needs_hessians)
         if plan.needs_recovery:
             if key not in self._teachers:
                 self._teachers[key] = TeacherCache.build(self.dense, self.text.calibration_ids(*key))
