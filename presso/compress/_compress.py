@@ -14,7 +14,7 @@ from presso.compress._modules import compressible_modules, embedding_modules, ta
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
 from presso.compress._size import SizeReport, predict_size
-from presso.compress.quantizers import get_quantizer
+from presso.compress.quantizers import LayerCache, get_quantizer
 from presso.errors import PressoError
 from presso.plan import LayerConfig, Plan, PruneCriterion
 
@@ -157,6 +157,7 @@ def compress_(
     *,
     calibration: CalibrationStats | None = None,
     teacher: TeacherCache | None = None,
+    cache: LayerCache | None = None,
 ) -> CompressionResult:
     """Prune, quantize and add LoRA adapters to ``model`` in place, as ``plan`` says.
 
@@ -175,6 +176,9 @@ def compress_(
             model; required for ``criterion: wanda`` with any sparsity and for quantization
             methods that need statistics (``imatrix``; ``gptq`` needs ``hessians=True``).
         teacher: a :class:`TeacherCache` built from the dense model; required for recovery.
+        cache: a per-worker :class:`~presso.compress.quantizers.LayerCache`; layers quantized
+            by a method other than ``rtn`` are looked up there first (``rtn`` recomputes faster
+            than a cached layout dequantizes, so it is never cached).
 
     Returns:
         A :class:`CompressionResult` (timings, per-module codes, predicted size).
@@ -256,8 +260,13 @@ def compress_(
                 rec.codes, rec.scales, rec.zeros = quantize(weight, q.bits, q.group_size, q.symmetric, work=work)
                 restored = dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work)
             else:
-                stats = calibration.layer_stats(name) if calibration is not None else None
-                layout = get_quantizer(q.method).quantize(weight, q, stats, rec.mask)
+                key = LayerCache.key(name, rec.config, plan.criterion) if cache is not None else None
+                layout = cache.get(key, weight) if cache is not None else None
+                if layout is None:
+                    stats = calibration.layer_stats(name) if calibration is not None else None
+                    layout = get_quantizer(q.method).quantize(weight, q, stats, rec.mask)
+                    if cache is not None:
+                        cache.put(key, weight, layout)
                 rec.codes, rec.scales, rec.zeros, rec.mins = layout.codes, layout.scales, layout.zeros, layout.mins
                 restored = layout.dequantize(weight.dtype, rec.mask)
             if restored.data_ptr() != weight.data_ptr():

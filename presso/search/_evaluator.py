@@ -80,6 +80,7 @@ class CompressionAssets:
         self._teachers: dict[tuple[int, int], object] = {}
         self._work = None  # (model, {fqn: (dense weight, work weight)}), see _reusable_copy
         self._dirty: set[str] = set()
+        self.layer_cache = None  # per-worker quantized layers (methods other than rtn), made on first need
 
     def calibration(self, samples: int, seq_len: int, hessians: bool = False):
         """The dense model's calibration statistics for these settings (computed once; once more,
@@ -100,6 +101,11 @@ class CompressionAssets:
         kwargs = {}
         if plan.needs_calibration:
             kwargs["calibration"] = self.calibration(*key, hessians=plan.needs_hessians)
+        if any(c.quant.active and c.quant.method != "rtn" for c in plan.layers.values()):
+            from presso.compress.quantizers import LayerCache
+
+            self.layer_cache = self.layer_cache or LayerCache()
+            kwargs["cache"] = self.layer_cache
         if plan.needs_recovery:
             if key not in self._teachers:
                 self._teachers[key] = TeacherCache.build(self.dense, self.text.calibration_ids(*key))

@@ -221,3 +221,25 @@ def test_gptq_beats_rtn_on_a_real_smollm2_layer():
             diff = w - d
             errs[method] = float(torch.einsum("oi,ij,oj->", diff, h, diff) / torch.einsum("oi,ij,oj->", w, h, w))
         assert errs["gptq"] < 0.6 * errs["rtn"], (name, errs)
+
+
+def test_layer_cache_reuses_layers_and_misses_on_another_model(llama, ids):
+    from presso.compress.quantizers import LayerCache
+
+    stats = collect_calibration(llama, ids, hessians=True)
+    plan = Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=3, group_size=16, method="gptq"))})
+    cache = LayerCache()
+    first = copy.deepcopy(llama)
+    compress_(first, plan, calibration=stats, cache=cache)
+    n = len(cache)
+    assert n == cache.misses and cache.hits == 0
+    second = copy.deepcopy(llama)
+    compress_(second, plan, calibration=stats, cache=cache)
+    assert cache.hits == n and cache.hit_rate == 0.5
+    assert torch.equal(outputs(first, ids), outputs(second, ids))
+    other = tiny_llama(seed=5)
+    compress_(other, plan, calibration=stats, cache=cache)  # same names, other weights: no reuse
+    assert cache.hits == n
+    small = LayerCache(max_bytes=2000)
+    compress_(copy.deepcopy(llama), plan, calibration=stats, cache=small)
+    assert small._bytes <= 2000

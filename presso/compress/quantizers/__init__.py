@@ -15,10 +15,12 @@ A new method is one module with a :class:`Quantizer` subclass decorated with
 
 from presso.compress.quantizers._base import (LayerStats, QuantLayout, Quantizer, dequantize_layout,
                                               layout_nbytes)
+from presso.compress.quantizers._cache import LayerCache
 from presso.compress.quantizers._registry import get_quantizer, register_quantizer, registered_quantizers
 from presso.compress.quantizers import gptq, imatrix, rtn, rtn_fmin  # noqa: F401  (registration)
 
 __all__ = [
+    "LayerCache",
     "LayerStats",
     "QuantLayout",
     "Quantizer",

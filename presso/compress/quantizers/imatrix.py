@@ -3,8 +3,8 @@
 llama.cpp (``quantize.cpp``/``ggml-quants.c``, ``make_qx_quants`` with ``quant_weights``)
 chooses each block's scale by minimising ``sum_j w_j (x_j - q_j)^2`` over a small grid of
 candidate scales, where ``w_j`` is the mean squared activation of input ``j`` on
-calibration text. Here the grid shrinks the low and the high end of RTN's range
-independently (8 x 8 candidates; symmetric: 8 absmax factors), and the weights are the
+calibration text. Here the grid shrinks RTN's range: both ends by one of 9 factors, or one
+end alone by one of 3 (15 candidates; symmetric: the 9 absmax factors), and the weights are the
 Wanda statistics Presso already collects (``sum_t x_tj**2``). The result is RTN's integer
 zero-point layout, so it stores wherever RTN does; without statistics (embedding tables)
 the weights are uniform, i.e. the grid minimises plain squared error.
@@ -17,7 +17,8 @@ import torch
 from presso.compress.quantizers._base import QuantLayout, Quantizer, int_params, int_round
 from presso.compress.quantizers._registry import register_quantizer
 
-SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.6)
+SHRINK = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
+ONE_END = (0.9, 0.8, 0.7)
 
 
 def importance(stats, in_f: int, device) -> torch.Tensor:
@@ -31,11 +32,14 @@ def importance(stats, in_f: int, device) -> torch.Tensor:
 def search_params(w: torch.Tensor, imp: torch.Tensor, bits: int, symmetric: bool):
     """Per-group ``(scales fp16, zeros float32)`` of ``w [out, G, g]`` minimising weighted error."""
     best_err = best_s = best_z = None
-    pairs = [(1.0, f) for f in SHRINK] if symmetric else [(a, b) for a in SHRINK for b in SHRINK]
+    pairs = [(f, f) for f in SHRINK]
+    if not symmetric:
+        pairs += [(1.0, f) for f in ONE_END] + [(f, 1.0) for f in ONE_END]
     for lo_f, hi_f in pairs:
         s, z = int_params(w, bits, symmetric, lo_f, hi_f)
         q = int_round(w, s, z, bits, symmetric)
-        err = ((q.sub_(z.unsqueeze(-1)).mul_(s.to(torch.float32).unsqueeze(-1)) - w).pow_(2) * imp).sum(-1)
+        q.sub_(z.unsqueeze(-1)).mul_(s.to(torch.float32).unsqueeze(-1)).sub_(w).square_().mul_(imp)
+        err = q.sum(-1)
         if best_err is None:
             best_err, best_s, best_z = err, s, z
         else:
