@@ -145,7 +145,7 @@ def test_gptq_matches_the_reference_computation():
     torch.manual_seed(0)
     w = torch.randn(32, 96)
     x, stats = _stats(96, n=1024)
-    codes, scales, zeros = gptq_quantize(w, stats.hessian, 4, 32, False, block=32)
+    codes, scales, zeros = gptq_quantize(w, stats.hessian, 4, 32, False, block=32, search=False)
     ref = _reference_gptq(w, stats.hessian, 4, 32)
     agree = (codes == ref).float().mean()
     assert agree > 0.98, float(agree)  # float32 vs float64 can flip a rare tie, which then propagates

@@ -30,23 +30,36 @@ import torch
 
 from presso.compress.quantizers._base import QuantLayout, Quantizer, int_params, int_round
 from presso.compress.quantizers._registry import register_quantizer
+from presso.compress.quantizers.imatrix import search_params
 
 PERCDAMP = 0.01
 BLOCK = 128
 
 
-def _grid(w: torch.Tensor, bits: int, group_size: int, symmetric: bool):
-    """Per-group RTN params of ``w [out, in]``: ``(scales fp16, zeros f32)`` of shape ``[out, groups]``."""
+def _params(w: torch.Tensor, imp: torch.Tensor | None, bits: int, symmetric: bool):
+    """Grid of grouped weights ``w [out, G, g]``: RTN's min/max range, or (``imp [G, g]`` given)
+    the shrunk range with the least ``imp``-weighted error, as :mod:`imatrix` chooses it."""
+    if imp is None:
+        return int_params(w, bits, symmetric)
+    return search_params(w, imp, bits, symmetric)
+
+
+def _grid(w: torch.Tensor, imp, bits: int, group_size: int, symmetric: bool):
+    """Per-group params of ``w [out, in]``: ``(scales fp16, zeros f32)`` of shape ``[out, groups]``."""
     out_f, in_f = w.shape
     g = in_f if group_size == 0 else group_size
-    return int_params(w.reshape(out_f, in_f // g, g), bits, symmetric)
+    return _params(w.reshape(out_f, in_f // g, g), None if imp is None else imp.reshape(in_f // g, g), bits, symmetric)
 
 
 @torch.no_grad()
 def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int, group_size: int, symmetric: bool,
                   *, mask: torch.Tensor | None = None, act_order: bool = False, percdamp: float = PERCDAMP,
-                  block: int = BLOCK):
+                  block: int = BLOCK, search: bool = True):
     """GPTQ of one weight ``[out, in]`` with ``hessian = X^T X [in, in]`` (``None``: identity, i.e. RTN).
+
+    ``search``: set each group's scale and zero point by the ``diag(H)``-weighted grid search of
+    :mod:`imatrix` instead of the plain min/max range (the grid is then matched to the inputs
+    that matter, and GPTQ's error feedback rounds onto it).
 
     Returns ``(codes uint8 [out, in], scales fp16 [out, groups], zeros uint8 [out, groups] | None)``.
     """
@@ -60,8 +73,10 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
     W[:, dead] = 0.0
     keep = None if mask is None else mask.to(device).bool()
     static = act_order or g == in_f
+    diag = torch.diag(H).clone()
+    imp = diag + 1e-6 * diag.mean() if search else None
     if static:
-        scales, zeros = _grid(W if keep is None else W * keep, bits, group_size, symmetric)
+        scales, zeros = _grid(W if keep is None else W * keep, imp, bits, group_size, symmetric)
     else:
         scales = torch.empty(out_f, in_f // g, dtype=torch.float16, device=device)
         zeros = torch.empty(out_f, in_f // g, dtype=torch.float32, device=device)
@@ -87,7 +102,8 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
             col = cols[i1 + i] if cols is not None else i1 + i
             gi = col // g
             if not static and col % g == 0:
-                s, z = int_params(W1[:, i:i + g].unsqueeze(1), bits, symmetric)
+                s, z = _params(W1[:, i:i + g].unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
+                               bits, symmetric)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
             s, z = scales[:, gi], zeros[:, gi]
             w = W1[:, i]
@@ -109,7 +125,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
 
 @register_quantizer
 class GPTQ(Quantizer):
-    """GPTQ on RTN's grid (damping 1% of mean diag H, blocks of 128 columns, no activation order).
+    """GPTQ on RTN's grid (damping 1% of mean diag H, blocks of 128 columns, activation order, grid search).
 
     ``act_order`` is a handler attribute (``GPTQ.act_order = True`` or ``gptq_quantize(...,
     act_order=True)``) rather than a plan field, to keep the plan's quant config small.
@@ -118,7 +134,7 @@ class GPTQ(Quantizer):
     name = "gptq"
     zero_kind = "int"
     needs = "hessian"
-    act_order = False
+    act_order = True
 
     def quantize(self, weight, quant, stats=None, mask=None) -> QuantLayout:
         hessian = None if stats is None else stats.hessian
