@@ -1,5 +1,7 @@
 """Things computed ONCE per worker from the uncompressed model and reused by every trial:
-input-activation statistics for Wanda, and the teacher's outputs for recovery distillation."""
+input-activation statistics for Wanda and the quantizers (squared norms, and input Hessians
+``X^T X`` when a method such as GPTQ needs them), and the teacher's outputs for recovery
+distillation."""
 
 from __future__ import annotations
 
@@ -36,12 +38,23 @@ class CalibrationStats:
         cache_ranks: keep each module's per-row Wanda order after its first use (see
             :meth:`row_ranks`), so later unstructured Wanda masks cost one comparison instead of
             a per-row selection. Costs 2 bytes per weight; search workers turn it on.
+        hessians: ``{fqn: float32 tensor [in, in]}``, ``sum_t x_t x_t^T``, when collected
+            (``collect_calibration(..., hessians=True)``); modules that read the same input
+            (q/k/v, gate/up) share one tensor.
     """
 
     sq_norms: dict[str, torch.Tensor]
     n_tokens: int
     cache_ranks: bool = False
     _ranks: dict = field(default_factory=dict, repr=False, compare=False)
+    hessians: dict[str, torch.Tensor] | None = None
+
+    def layer_stats(self, name: str):
+        """The :class:`~presso.compress.quantizers.LayerStats` of module ``name`` (for a quantizer)."""
+        from presso.compress.quantizers import LayerStats
+
+        hessian = None if self.hessians is None else self.hessians.get(name)
+        return LayerStats(sq_norms=self.sq_norms.get(name), hessian=hessian, n_tokens=self.n_tokens)
 
     @torch.no_grad()
     def row_ranks(self, name: str, weight: torch.Tensor) -> torch.Tensor | None:
@@ -74,9 +87,10 @@ def _fingerprint(weight: torch.Tensor, count: int = 4096) -> torch.Tensor:
 
 @torch.no_grad()
 def collect_calibration(
-    model: nn.Module, input_ids: torch.Tensor, module_names=None, batch_size: int = 8
+    model: nn.Module, input_ids: torch.Tensor, module_names=None, batch_size: int = 8, *, hessians: bool = False
 ) -> CalibrationStats:
-    """Run the (uncompressed) model over calibration tokens and record input-feature norms.
+    """Run the (uncompressed) model over calibration tokens and record input-feature norms
+    (and, with ``hessians=True``, the input Hessians ``X^T X`` in the same pass).
 
     Build this once per worker; it is read-only afterwards and shared by all trials.
 
@@ -85,6 +99,8 @@ def collect_calibration(
         input_ids: ``LongTensor [n, seq_len]`` of calibration token ids.
         module_names: Linear FQNs to watch; default: all of :func:`compressible_modules`.
         batch_size: sequences per forward pass.
+        hessians: also accumulate ``X^T X`` per distinct layer input (float32, on the model's
+            device; ``in**2`` floats each), as GPTQ needs.
 
     Returns:
         A :class:`CalibrationStats`.
@@ -104,11 +120,27 @@ def collect_calibration(
     device = _model_device(model)
     sums = {name: torch.zeros(modules[name].in_features, dtype=torch.float32, device=device) for name in names}
     handles = []
+    hess: dict[str, torch.Tensor] = {}
+    owner: dict[str, str] = {}  # module -> the module whose Hessian it shares (same input tensor)
+    last: list = [None, None]  # the latest input tensor seen and its owner
 
     def hook(name):
         def fn(module, args):
             x = args[0].detach()
-            sums[name] += x.reshape(-1, x.shape[-1]).to(torch.float32).pow(2).sum(dim=0)
+            flat = x.reshape(-1, x.shape[-1]).to(torch.float32)
+            sums[name] += flat.pow(2).sum(dim=0)
+            if not hessians:
+                return
+            # NOTE: q/k/v (and gate/up) read the very same tensor one after the other; one X^T X
+            # serves them all. Sharing is decided on the first batch and kept after.
+            if name not in owner:
+                owner[name] = last[1] if last[0] is args[0] else name
+            if owner[name] != name:
+                return
+            last[0], last[1] = args[0], name
+            if name not in hess:
+                hess[name] = torch.zeros(flat.shape[1], flat.shape[1], dtype=torch.float32, device=flat.device)
+            hess[name].addmm_(flat.t(), flat)
 
         return fn
 
@@ -123,7 +155,9 @@ def collect_calibration(
         for handle in handles:
             handle.remove()
         model.train(was_training)
-    return CalibrationStats(sq_norms=sums, n_tokens=int(input_ids.numel()))
+        last.clear()
+    shared = {name: hess[owner[name]] for name in owner} if hessians else None
+    return CalibrationStats(sq_norms=sums, n_tokens=int(input_ids.numel()), hessians=shared)
 
 
 class TeacherCache:

@@ -15,6 +15,7 @@ from presso.compress._modules import compressible_modules, embedding_modules, ta
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
 from presso.compress._size import SizeReport, predict_size
+from presso.compress.quantizers import LayerCache, get_quantizer
 from presso.errors import PressoError
 from presso.plan import LayerConfig, Plan, PruneCriterion
 
@@ -36,10 +37,14 @@ class CompressedModule:
         mask: ``bool [out, in]`` keep-mask when pruned, else ``None``.
         codes: ``uint8 [out, in]`` unpacked codes when quantized (packing happens on save).
         scales: ``float16 [out, groups]`` when quantized.
-        zeros: ``uint8 [out, groups]`` zero points when quantized asymmetrically.
+        zeros: ``uint8 [out, groups]`` integer zero points when quantized asymmetrically on
+            the ``"int"`` grid (methods rtn, imatrix, gptq), else ``None``.
         n_kept: weights not pruned.
         format: the ggml block format when the layer names one (then ``bits`` is ``None``).
         packed: ``uint8 [out, row bytes]`` ggml blocks of a ``format`` layer, as a GGUF stores them.
+        method: the quantization method (``quant.method``) that produced the codes.
+        mins: ``float16 [out, groups]`` group minimums of the ``"float"`` grid (method
+            ``rtn_fmin``: ``w = code * scale + min``), else ``None``.
     """
 
     name: str
@@ -56,6 +61,8 @@ class CompressedModule:
     n_kept: int = 0
     format: str | None = None
     packed: object = None
+    method: str = "rtn"
+    mins: torch.Tensor | None = None
 
     @property
     def sparsity(self) -> float:
@@ -173,6 +180,22 @@ def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
     return resolved
 
 
+def _check_quant_stats(resolved, calibration, modules) -> None:
+    """Methods that need calibration statistics get them (embedding tables need none: no input)."""
+    for name, cfg in resolved.items():
+        needs = cfg.quant.needs
+        if needs == "none" or cfg.quant.format is not None or isinstance(modules[name], nn.Embedding):
+            continue  # a ggml format uses an importance matrix when one is given (optional, as in llama.cpp)
+        where = f"plan.layers[{name!r}].quant.method"
+        if calibration is None:
+            flag = ", hessians=True" if needs == "hessian" else ""
+            raise PressoError(f"{where}: {cfg.quant.method!r} needs calibration statistics; "
+                              f"pass calibration=collect_calibration(dense_model, ids{flag})")
+        if needs == "hessian" and (calibration.hessians is None or name not in calibration.hessians):
+            raise PressoError(f"{where}: {cfg.quant.method!r} needs input Hessians for {name!r}; "
+                              "collect them with collect_calibration(dense_model, ids, hessians=True)")
+
+
 def compress_(
     model: nn.Module,
     plan: Plan,
@@ -180,11 +203,13 @@ def compress_(
     calibration: CalibrationStats | None = None,
     teacher: TeacherCache | None = None,
     format_cache: FormatCache | None = None,
+    cache: LayerCache | None = None,
 ) -> CompressionResult:
     """Prune, quantize and add LoRA adapters to ``model`` in place, as ``plan`` says.
 
     Per module: prune (magnitude or Wanda, unstructured or N:M), then quantize the surviving
-    weights round-to-nearest (pruned zeros stay exactly zero), then wrap the module with a
+    weights with the layer's ``quant.method`` (see :mod:`presso.compress.quantizers`; pruned
+    zeros stay exactly zero), then wrap the module with a
     LoRA adapter when ``adapter.rank > 0``. When ``plan.recovery.steps > 0`` the adapters are
     trained by distillation from ``teacher`` while every base weight stays frozen. The
     Linear weights afterwards hold the dequantized values (fake quantization), so the model
@@ -194,10 +219,14 @@ def compress_(
         model: a dense transformers model (not compressed before); any device.
         plan: the compression plan.
         calibration: activation statistics from :func:`collect_calibration` on the dense
-            model; required for ``criterion: wanda`` with any sparsity.
+            model; required for ``criterion: wanda`` with any sparsity and for quantization
+            methods that need statistics (``imatrix``; ``gptq`` needs ``hessians=True``).
         teacher: a :class:`TeacherCache` built from the dense model; required for recovery.
         format_cache: a per-worker :class:`FormatCache` of ggml-format layers (search workers
             pass one; the dense weights must be the same model's every call).
+        cache: a per-worker :class:`~presso.compress.quantizers.LayerCache`; layers quantized
+            by a method other than ``rtn`` are looked up there first (``rtn`` recomputes faster
+            than a cached layout dequantizes, so it is never cached).
 
     Returns:
         A :class:`CompressionResult` (timings, per-module codes, predicted size).
@@ -229,6 +258,7 @@ def compress_(
             if cfg.sparsity.active and (stats is None or stats.numel() != in_f):
                 raise PressoError(f"calibration: no statistics of in_features={in_f} for module {name!r}; "
                                   "collect them on the same model architecture")
+    _check_quant_stats(resolved, calibration, modules)
     adapters = {n: (c.adapter.rank, c.adapter.effective_alpha) for n, c in resolved.items() if c.adapter.active}
     recovering = plan.recovery.steps > 0 and bool(adapters)
     if recovering and teacher is None:
@@ -274,9 +304,20 @@ def compress_(
                 if device not in scratch:
                     scratch[device] = torch.empty(largest, dtype=torch.float32, device=device)
                 work = scratch[device][: weight.numel()].view(weight.shape)
-            rec.bits, rec.group_size, rec.symmetric = q.bits, q.group_size, q.symmetric
-            rec.codes, rec.scales, rec.zeros = quantize(weight, q.bits, q.group_size, q.symmetric, work=work)
-            restored = dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work)
+            rec.bits, rec.group_size, rec.symmetric, rec.method = q.bits, q.group_size, q.symmetric, q.method
+            if q.method == "rtn":
+                rec.codes, rec.scales, rec.zeros = quantize(weight, q.bits, q.group_size, q.symmetric, work=work)
+                restored = dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work)
+            else:
+                key = LayerCache.key(name, rec.config, plan.criterion) if cache is not None else None
+                layout = cache.get(key, weight) if cache is not None else None
+                if layout is None:
+                    stats = calibration.layer_stats(name) if calibration is not None else None
+                    layout = get_quantizer(q.method).quantize(weight, q, stats, rec.mask)
+                    if cache is not None:
+                        cache.put(key, weight, layout)
+                rec.codes, rec.scales, rec.zeros, rec.mins = layout.codes, layout.scales, layout.zeros, layout.mins
+                restored = layout.dequantize(weight.dtype, rec.mask)
             if restored.data_ptr() != weight.data_ptr():
                 weight.copy_(restored)
         del scratch

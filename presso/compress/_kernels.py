@@ -97,8 +97,11 @@ def _int4(rec, linear: nn.Linear) -> KernelLinear:
         raise ValueError(f"int4 kernel: group size {rec.group_size or 'per-channel'} not in {_INT4_GROUPS}")
     device = linear.weight.device
     scales = rec.scales.to(device, torch.float32)
-    zeros = (rec.zeros.to(device, torch.float32) if rec.zeros is not None
-             else torch.full_like(scales, float(1 << (rec.bits - 1))))
+    if getattr(rec, "mins", None) is not None:  # w = q * s + min = (q - z) * s with a float z = -min / s
+        zeros = -rec.mins.to(device, torch.float32) / scales
+    else:
+        zeros = (rec.zeros.to(device, torch.float32) if rec.zeros is not None
+                 else torch.full_like(scales, float(1 << (rec.bits - 1))))
     if rec.group_size == 0:  # one group per row: the same scale and zero repeated per kernel group
         scales = scales.repeat_interleave(in_f // group, dim=1)
         zeros = zeros.repeat_interleave(in_f // group, dim=1)

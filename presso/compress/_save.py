@@ -19,6 +19,7 @@ from presso.compress._compress import _COMPRESSED_FLAG, CompressionResult
 from presso.compress._modules import AUTO_CLASSES, auto_class_name, base_module
 from presso.compress._pack import pack_bits, unpack_bits
 from presso.compress._quant import dequantize, zero_codes
+from presso.compress.quantizers import dequantize_layout
 from presso.compress._size import (
     CONFIG_FILE,
     FORMAT_VERSION,
@@ -90,7 +91,9 @@ def _module_tensors(model: nn.Module, rec, prefix: str) -> dict[str, torch.Tenso
     codes = rec.codes[rec.mask] if sparse else rec.codes
     out[f"{w}.codes"] = pack_bits(codes, rec.bits)
     out[f"{w}.scales"] = rec.scales.contiguous()
-    if not rec.symmetric:
+    if rec.mins is not None:
+        out[f"{w}.mins"] = rec.mins.contiguous()
+    elif not rec.symmetric:
         out[f"{w}.zeros"] = pack_bits(rec.zeros, rec.bits)
     return out
 
@@ -259,6 +262,13 @@ def _rebuild_weight(layout: dict, stored: dict[str, torch.Tensor], device) -> to
     g = layout["group_size"]
     scales = stored.pop(f"{w}.scales")
     groups = scales.shape[1]
+    if layout.get("zero_kind", "int") == "float":  # w = code * scale + min; pruned slots come from the mask
+        codes = torch.zeros(out_f, in_f, dtype=torch.uint8, device=device)
+        if sparse:
+            codes[mask] = unpack_bits(stored.pop(f"{w}.codes"), bits, layout["kept"])
+        else:
+            codes = unpack_bits(stored.pop(f"{w}.codes"), bits, numel).reshape(out_f, in_f)
+        return dequantize_layout(codes, scales, None, stored.pop(f"{w}.mins"), bits, g, False, dtype, mask)
     zeros = None if layout["symmetric"] else unpack_bits(stored.pop(f"{w}.zeros"), bits, out_f * groups).reshape(out_f, groups)
     if sparse:
         codes = zero_codes(zeros, bits, (out_f, in_f), g, device)

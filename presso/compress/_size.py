@@ -132,9 +132,12 @@ class SizeReport:
 
 
 def weight_encoding(rec) -> str:
-    """``"sparse"`` (bitmask + kept entries) when strictly smaller than dense storage, else ``"dense"``."""
+    """``"sparse"`` (bitmask + kept entries) when strictly smaller than dense storage, else ``"dense"``
+    (a pruned weight on a float-minimum grid is always sparse: its zeros are not on the grid)."""
     if rec.mask is None:
         return "dense"
+    if rec.bits is not None and zero_kind(rec) == "float":
+        return "sparse"  # exact 0 is off a float-minimum grid: pruned slots need the mask
     numel = rec.shape[0] * rec.shape[1]
     if rec.bits is None:
         per = _itemsize(rec.dtype) * 8
@@ -143,6 +146,11 @@ def weight_encoding(rec) -> str:
         dense = packed_nbytes(numel, rec.bits)
         sparse = packed_nbytes(numel, 1) + packed_nbytes(rec.n_kept, rec.bits)
     return "sparse" if sparse < dense else "dense"
+
+
+def zero_kind(rec) -> str:
+    """``"float"`` for a layout with fp16 group minimums, else ``"int"`` (integer or implicit zero points)."""
+    return "float" if getattr(rec, "mins", None) is not None or getattr(rec, "method", "rtn") == "rtn_fmin" else "int"
 
 
 def module_specs(rec, prefix: str) -> list[tuple[str, TensorSpec]]:
@@ -164,7 +172,9 @@ def module_specs(rec, prefix: str) -> list[tuple[str, TensorSpec]]:
     groups = n_groups(in_f, rec.group_size)
     specs.append(("codes", TensorSpec(f"{w}.codes", torch.uint8, (packed_nbytes(n_codes, rec.bits),))))
     specs.append(("scales", TensorSpec(f"{w}.scales", torch.float16, (out_f, groups))))
-    if not rec.symmetric:
+    if zero_kind(rec) == "float":  # fp16 group minimums (method rtn_fmin), counted with the zero points
+        specs.append(("zeros", TensorSpec(f"{w}.mins", torch.float16, (out_f, groups))))
+    elif not rec.symmetric:
         specs.append(("zeros", TensorSpec(f"{w}.zeros", torch.uint8, (packed_nbytes(out_f * groups, rec.bits),))))
     return specs
 
@@ -257,6 +267,8 @@ def stored_layout(model, result) -> tuple[list[TensorSpec], dict, dict[str, Modu
                 "bits": rec.bits,
                 "group_size": rec.group_size,
                 "symmetric": rec.symmetric,
+                "method": getattr(rec, "method", "rtn"),
+                "zero_kind": zero_kind(rec),
                 "encoding": weight_encoding(rec),
                 "kept": rec.n_kept,
             }

@@ -8,6 +8,7 @@ applies them. Plans round-trip losslessly through :func:`plan_to_dict` /
 from presso.plan._config import (
     BITS_ALLOWED,
     KEEP_BITS,
+    QUANT_METHODS,
     AdapterConfig,
     LayerConfig,
     Plan,
@@ -29,6 +30,7 @@ from presso.plan._serialize import (
 __all__ = [
     "BITS_ALLOWED",
     "KEEP_BITS",
+    "QUANT_METHODS",
     "PLAN_VERSION",
     "AdapterConfig",
     "LayerConfig",

@@ -23,6 +23,11 @@ FORMAT_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.56
 IMPORTANCE_FORMATS = frozenset({"Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"})
 """Formats whose ggml quantizer weighs errors by an importance matrix from calibration text."""
 UNSTRUCTURED = "unstructured"
+
+QUANT_METHODS = {"rtn": "none", "rtn_fmin": "none", "imatrix": "norms", "gptq": "hessian"}
+"""Quantization methods by name, with the calibration statistics each needs (``"none"``,
+``"norms"``: squared input norms, ``"hessian"``: ``X^T X``). The handlers live in
+:mod:`presso.compress.quantizers`; this table lets plans and spaces check names without torch."""
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -95,13 +100,17 @@ class SparsityConfig:
 
 @dataclass(frozen=True)
 class QuantConfig:
-    """Round-to-nearest weight quantization with integer codes.
+    """Weight quantization with integer codes.
 
     Args:
         bits: code width; one of 2-8, or 16 to keep the weights unquantized.
         group_size: inputs sharing one scale (and zero point); 0 means one group per
             output channel. Must divide the layer's input width.
         symmetric: codes centred on zero (no zero point) instead of asymmetric min/max.
+        method: how weights round onto the grid, one of :data:`QUANT_METHODS`: ``"rtn"``
+            (round to nearest, integer zero point), ``"rtn_fmin"`` (fp16 group minimum, as
+            GGUF Q4_1), ``"imatrix"`` (activation-weighted choice of scale and zero) or
+            ``"gptq"`` (error feedback through the input Hessian).
         format: instead of ``bits``/``group_size``/``symmetric``, a ggml block format of
             :data:`STORAGE_FORMATS` (``Q4_K``, ``Q8_0``, ...), quantized by ggml itself as
             llama.cpp would (the ``gguf`` target stores it as is). ``None``: Presso's own codes.
@@ -111,6 +120,7 @@ class QuantConfig:
     group_size: int = 0
     symmetric: bool = False
     format: str | None = None
+    method: str = "rtn"
 
     def __post_init__(self):
         _check_type("quant.bits", self.bits, int, f"one of {list(BITS_ALLOWED)}")
@@ -128,6 +138,21 @@ class QuantConfig:
             if self.bits != KEEP_BITS or self.group_size or self.symmetric:
                 raise PressoError(f"quant.format: got {self.format!r} together with bits={self.bits}, "
                                   f"group_size={self.group_size}; allowed: a format OR bits/group_size, not both")
+        if not isinstance(self.method, str) or self.method not in QUANT_METHODS:
+            raise PressoError(f"quant.method: got {self.method!r}; allowed: {list(QUANT_METHODS)}")
+        if self.format is not None and self.method != "rtn":
+            raise PressoError(f"quant.method: got {self.method!r} with format {self.format!r}; allowed: 'rtn' "
+                              "(ggml's own quantizer makes a format's blocks)")
+        if self.method == "rtn_fmin" and self.symmetric:
+            raise PressoError("quant.symmetric: got true with method 'rtn_fmin'; allowed: false "
+                              "(an fp16 group minimum is an asymmetric grid)")
+
+    @property
+    def needs(self) -> str:
+        """Calibration statistics the method needs: ``"none"``, ``"norms"`` or ``"hessian"``."""
+        if self.format is not None:
+            return "norms" if self.uses_importance else "none"
+        return QUANT_METHODS[self.method] if self.active else "none"
 
     @property
     def active(self) -> bool:
@@ -308,9 +333,13 @@ class Plan:
 
     @property
     def needs_calibration(self) -> bool:
-        layers = self.layers.values()
-        return (self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in layers)) or any(
-            c.quant.uses_importance for c in layers)
+        wanda = self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
+        return wanda or any(c.quant.needs != "none" for c in self.layers.values())
+
+    @property
+    def needs_hessians(self) -> bool:
+        """Whether some layer's quantization method needs input Hessians (``X^T X``)."""
+        return any(c.quant.needs == "hessian" for c in self.layers.values())
 
     @property
     def needs_recovery(self) -> bool:

@@ -83,14 +83,16 @@ class CompressionAssets:
         self._work = None  # (model, {fqn: (dense weight, work weight)}), see _reusable_copy
         self._dirty: set[str] = set()
         self._format_cache = None  # ggml-format layers, built on the first plan that uses one
+        self.layer_cache = None  # per-worker quantized layers (methods other than rtn), made on first need
 
-    def calibration(self, samples: int, seq_len: int):
-        """The dense model's calibration statistics for these settings (computed once)."""
+    def calibration(self, samples: int, seq_len: int, hessians: bool = False):
+        """The dense model's calibration statistics for these settings (computed once; once more,
+        with input Hessians in the same pass, the first time a plan's quantizer needs them)."""
         from presso.compress import collect_calibration
 
         key = (samples, seq_len)
-        if key not in self._stats:
-            stats = collect_calibration(self.dense, self.text.calibration_ids(*key))
+        if key not in self._stats or (hessians and self._stats[key].hessians is None):
+            stats = collect_calibration(self.dense, self.text.calibration_ids(*key), hessians=hessians)
             stats.cache_ranks = self.cache_ranks
             self._stats[key] = stats
         return self._stats[key]
@@ -101,7 +103,12 @@ class CompressionAssets:
         key = (plan.calibration_samples, plan.calibration_seq_len)
         kwargs = {}
         if plan.needs_calibration:
-            kwargs["calibration"] = self.calibration(*key)
+            kwargs["calibration"] = self.calibration(*key, hessians=plan.needs_hessians)
+        if any(c.quant.active and c.quant.method != "rtn" for c in plan.layers.values()):
+            from presso.compress.quantizers import LayerCache
+
+            self.layer_cache = self.layer_cache or LayerCache()
+            kwargs["cache"] = self.layer_cache
         if any(c.quant.format is not None for c in plan.layers.values()):
             from presso.compress._formats import FormatCache
 

@@ -143,7 +143,9 @@ def _unit_values(cfg) -> dict[str, object]:
     if cfg is None:
         return {"sparsity": 0.0, "structure": "unstructured", "bits": KEEP_BITS, "rank": 0}
     return {"sparsity": cfg.sparsity.amount, "structure": cfg.sparsity.structure, "bits": cfg.quant.bits,
-            "group_size": cfg.quant.group_size, "symmetric": cfg.quant.symmetric, "rank": cfg.adapter.rank}
+            "group_size": cfg.quant.group_size, "symmetric": cfg.quant.symmetric, "method": cfg.quant.method,
+            "format": cfg.quant.format,
+            "rank": cfg.adapter.rank}
 
 
 def plan_to_params(plan, bound) -> tuple[dict, int]:
@@ -276,7 +278,7 @@ def _stored_bytes(config, shape, dtype, criterion) -> int:
             kept = numel - round(config.sparsity.amount * numel)
     q = config.quant
     rec = CompressedModule(name="w", config=config, shape=shape, dtype=dtype, bits=q.bits if q.active else None,
-                           group_size=q.group_size, symmetric=q.symmetric, mask=mask, n_kept=kept)
+                           group_size=q.group_size, symmetric=q.symmetric, mask=mask, n_kept=kept, method=q.method)
     return sum(spec.nbytes for _, spec in module_specs(rec, "w"))
 
 
@@ -284,13 +286,12 @@ def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
     """Fill each choice's relative activation-weighted error (pruning + quantization, added)."""
     import torch
 
-    from presso.compress import dequantize, quantize
     from presso.compress._prune import mask_from_ranks, prune_mask
+    from presso.compress.quantizers import get_quantizer
     from presso.plan import PruneCriterion
 
     sparsities = {(c.config.sparsity.amount, c.config.sparsity.structure): c.config.sparsity for c in choices}
-    quants = {(c.config.quant.bits, c.config.quant.group_size, c.config.quant.symmetric): c.config.quant
-              for c in choices}
+    quants = {c.config.quant: c.config.quant for c in choices}
     prune_err = dict.fromkeys(sparsities, 0.0)
     quant_err = dict.fromkeys(quants, 0.0)
     total = 0.0
@@ -315,14 +316,14 @@ def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
             for key, q in quants.items():
                 if not q.active or (q.group_size and w.shape[1] % q.group_size):
                     continue
-                codes, scales, zeros = quantize(w, q.bits, q.group_size, q.symmetric)
-                diff = dequantize(codes, scales, zeros, q.bits, q.group_size).sub_(w)
+                layer = stats.layer_stats(name) if name in stats.sq_norms else None  # the compress_ handler
+                diff = get_quantizer(q.method).quantize(w, q, layer).dequantize().sub_(w)
                 quant_err[key] += float(diff.pow_(2).mul_(norms).sum())
     total = max(total, 1e-30)
     for c in choices:
         sp, q = c.config.sparsity, c.config.quant
         c.prune_error = prune_err[(sp.amount, sp.structure)] / total
-        c.quant_error = (1.0 - sp.amount) * quant_err[(q.bits, q.group_size, q.symmetric)] / total
+        c.quant_error = (1.0 - sp.amount) * quant_err[q] / total
         c.error = c.prune_error + c.quant_error
 
 

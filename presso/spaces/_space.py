@@ -14,6 +14,7 @@ A space file::
         bits: [4, 8, 16]
         group_size: [32, 64]             # asked only when bits < 16
         symmetric: false
+        method: [rtn, gptq]              # quantizer (presso.plan.QUANT_METHODS); asked only when bits < 16
         rank: 0                          # LoRA rank; a list such as [0, 8] to search it
 
 A scalar is a fixed value, a list a choice, a mapping with ``low``/``high`` a range. A module
@@ -46,7 +47,7 @@ from presso.plan._config import RecoveryConfig
 from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange
 
 TIES = ("module", "block", "group")
-CHOICE_KEYS = ("sparsity", "structure", "bits", "group_size", "symmetric", "format", "rank")
+CHOICE_KEYS = ("sparsity", "structure", "bits", "group_size", "symmetric", "method", "format", "rank")
 GROUP_KEYS = ("name", "modules", "exclude", "tie", "blocks_per_unit", *CHOICE_KEYS)
 DEFAULT_KEYS = ("criterion", "calibration_samples", "calibration_seq_len", "recovery", "seed")
 SPACE_KEYS = ("name", "description", "model", "defaults", "groups")
@@ -98,6 +99,7 @@ class Group:
     bits: Domain = Fixed(KEEP_BITS)
     group_size: Domain = Fixed(0)
     symmetric: Domain = Fixed(False)
+    method: Domain = Fixed("rtn")
     format: Domain = Fixed(None)  # ggml formats (gguf target): replaces bits/group_size/symmetric
     rank: Domain = Fixed(0)
 
@@ -146,6 +148,9 @@ class Group:
         _check_values(f"{where}.group_size", self.group_size, lambda v: QuantConfig(group_size=v))
         _check_values(f"{where}.symmetric", self.symmetric, lambda v: QuantConfig(symmetric=v))
         _check_values(f"{where}.format", self.format, lambda v: QuantConfig(format=v))
+        _check_values(f"{where}.method", self.method, lambda v: QuantConfig(method=v))
+        if isinstance(self.method, (FloatRange, IntRange)):
+            raise PressoError(f"{where}.method: got a range; allowed: a method name or a list of them")
         _check_values(f"{where}.rank", self.rank, lambda v: AdapterConfig(rank=v))
         if not (isinstance(self.format, Fixed) and self.format.value is None) and not (
                 isinstance(self.bits, Fixed) and self.bits.value == KEEP_BITS):
@@ -306,7 +311,8 @@ class BoundSpace:
 
         ``ask(name, domain)`` returns a value inside ``domain``; it is called only for choices
         that are free and that matter: no sparsity for an N:M structure (it is implied), no
-        group size or symmetry for 16-bit (unquantized) layers.
+        group size, symmetry or method for 16-bit (unquantized) layers, no symmetry for
+        ``rtn_fmin`` (a float-minimum grid is asymmetric).
         """
         layers: dict[str, LayerConfig] = {}
         for unit in self.units:
@@ -332,7 +338,9 @@ class BoundSpace:
         elif bits == KEEP_BITS:
             quant = QuantConfig(bits=bits)
         else:
-            quant = QuantConfig(bits=bits, group_size=int(value("group_size")), symmetric=bool(value("symmetric")))
+            method = str(value("method"))
+            symmetric = False if method == "rtn_fmin" else bool(value("symmetric"))
+            quant = QuantConfig(bits=bits, group_size=int(value("group_size")), symmetric=symmetric, method=method)
         return LayerConfig(
             sparsity=SparsityConfig(amount=amount, structure=structure),
             quant=quant,

@@ -116,6 +116,9 @@ class CompressedTensorsTarget:
             if cfg.quant.format is not None:
                 raise PressoError(f"{where}.quant.format: got {cfg.quant.format!r}; allowed: bits 4 or 8 with group_size "
                                   "(ggml formats are for target gguf)")
+            if cfg.quant.active and cfg.quant.method == "rtn_fmin":
+                raise PressoError(f"{where}.quant.method: got 'rtn_fmin' (fp16 group minimums); allowed: rtn, imatrix, "
+                                  "gptq (integer grids that compressed-tensors stores)")
             if name in embeddings and cfg.quant.active:
                 raise PressoError(f"{where}.quant: got {_format_name(_format(cfg))} on an embedding table; allowed: "
                                   "embedding tables unquantized (vLLM loads compressed-tensors quantization on Linear layers only)")

@@ -61,3 +61,19 @@ def test_latency_kernel_objective_measures_with_kernels(llama):
     assert value > 0 and objective.last_report.counts == {"int4": len(result.modules)}
     dense = objective.measure(llama, ctx, TrialContext(number=1, size_bytes=1, dense_bytes=2))
     assert dense > 0 and objective.last_report.counts == {}
+
+
+@pytest.mark.parametrize("method", ["rtn_fmin", "gptq", "imatrix"])
+def test_int4_kernel_reads_every_quantizer_layout(llama, method):
+    from presso.compress import collect_calibration
+
+    ids = torch.randint(0, 1000, (2, 12), generator=torch.Generator().manual_seed(0))
+    model = copy.deepcopy(llama)
+    plan = Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=4, group_size=32, method=method))})
+    result = compress_(model, plan, calibration=collect_calibration(llama, ids, hessians=True))
+    with torch.inference_mode():
+        fake = model(input_ids=ids).logits
+        with kernel_view(model, result) as report:
+            real = model(input_ids=ids).logits
+    assert report.counts == {"int4": len(result.modules)}
+    assert torch.allclose(real, fake, atol=0.05 * fake.abs().max().item())

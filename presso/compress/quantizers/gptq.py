@@ -1,0 +1,143 @@
+"""``gptq``: quantization with error feedback through the layer's input Hessian.
+
+Frantar, Ashkboos, Hoefler, Alistarh, "GPTQ: Accurate Post-Training Quantization for
+Generative Pre-trained Transformers" (ICLR 2023, arXiv:2210.17323), Algorithm 1: columns are
+quantized one at a time and each column's rounding error is spread over the columns not yet
+quantized, weighted by the inverse Hessian ``H = X^T X`` (Cholesky form, lazy block updates,
+damping ``percdamp * mean(diag H)``), with optional activation order (columns by descending
+``diag H``).
+
+The grid is RTN's integer zero-point layout (:mod:`presso.compress.quantizers.rtn`), with
+contiguous groups of ``group_size`` inputs, so the codes store exactly wherever RTN codes do.
+Without activation order a group's scale and zero point are set from the error-updated
+weights when GPTQ reaches the group (as the reference code does); with activation order they
+are fixed up front from the original weights ("static groups"), since the columns of one
+group are then visited out of order and a contiguous group must share one grid. Pruned
+weights are forced onto code ``zero`` (exact 0) and their error is fed forward too, which is
+SparseGPT's treatment of a fixed mask.
+
+Why no library: gptqmodel 7.x builds C++/CUDA extensions and drives whole models through its
+own loader; llm-compressor 0.14 pins transformers <= 5.17 (we run transformers 5 newer than
+that) and applies GPTQ through its own oneshot pipeline; auto-round is a different method
+(signed-gradient rounding) with the same whole-model flow; hqq is half-quadratic rounding,
+not GPTQ. None offers "quantize this one weight with this Hessian on this grid" without
+taking over the model, which is what a per-layer, per-trial search needs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from presso.compress.quantizers._base import QuantLayout, Quantizer, int_params, int_round
+from presso.compress.quantizers._registry import register_quantizer
+from presso.compress.quantizers.imatrix import search_params
+
+PERCDAMP = 0.01
+BLOCK = 128
+
+
+def _params(w: torch.Tensor, imp: torch.Tensor | None, bits: int, symmetric: bool):
+    """Grid of grouped weights ``w [out, G, g]``: RTN's min/max range, or (``imp [G, g]`` given)
+    the shrunk range with the least ``imp``-weighted error, as :mod:`imatrix` chooses it."""
+    if imp is None:
+        return int_params(w, bits, symmetric)
+    return search_params(w, imp, bits, symmetric)
+
+
+def _grid(w: torch.Tensor, imp, bits: int, group_size: int, symmetric: bool):
+    """Per-group params of ``w [out, in]``: ``(scales fp16, zeros f32)`` of shape ``[out, groups]``."""
+    out_f, in_f = w.shape
+    g = in_f if group_size == 0 else group_size
+    return _params(w.reshape(out_f, in_f // g, g), None if imp is None else imp.reshape(in_f // g, g), bits, symmetric)
+
+
+@torch.no_grad()
+def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int, group_size: int, symmetric: bool,
+                  *, mask: torch.Tensor | None = None, act_order: bool = False, percdamp: float = PERCDAMP,
+                  block: int = BLOCK, search: bool = True):
+    """GPTQ of one weight ``[out, in]`` with ``hessian = X^T X [in, in]`` (``None``: identity, i.e. RTN).
+
+    ``search``: set each group's scale and zero point by the ``diag(H)``-weighted grid search of
+    :mod:`imatrix` instead of the plain min/max range (the grid is then matched to the inputs
+    that matter, and GPTQ's error feedback rounds onto it).
+
+    Returns ``(codes uint8 [out, in], scales fp16 [out, groups], zeros uint8 [out, groups] | None)``.
+    """
+    out_f, in_f = weight.shape
+    g = in_f if group_size == 0 else group_size
+    device = weight.device
+    W = weight.detach().to(torch.float32).clone()
+    H = (torch.eye(in_f, device=device) if hessian is None else hessian.to(device, torch.float32).clone())
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    keep = None if mask is None else mask.to(device).bool()
+    static = act_order or g == in_f
+    diag = torch.diag(H).clone()
+    imp = diag + 1e-6 * diag.mean() if search else None
+    if static:
+        scales, zeros = _grid(W if keep is None else W * keep, imp, bits, group_size, symmetric)
+    else:
+        scales = torch.empty(out_f, in_f // g, dtype=torch.float16, device=device)
+        zeros = torch.empty(out_f, in_f // g, dtype=torch.float32, device=device)
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        W, H = W[:, perm], H[perm][:, perm]
+        keep = None if keep is None else keep[:, perm]
+    damp = percdamp * torch.mean(torch.diag(H))
+    H[range(in_f), range(in_f)] += damp
+    # Upper Cholesky factor of H^-1: row i holds the update weights for column i (Algorithm 1).
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    Q = torch.empty_like(W)
+    cols = perm.tolist() if perm is not None else None
+    # Blocks hold whole groups, so a group's grid is set from fully error-updated weights.
+    block = max(g, (block // g) * g) if not static else block
+    for i1 in range(0, in_f, block):
+        i2 = min(i1 + block, in_f)
+        W1 = W[:, i1:i2].clone()
+        Q1 = torch.empty_like(W1)
+        Err1 = torch.empty_like(W1)
+        Hinv1 = Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            col = cols[i1 + i] if cols is not None else i1 + i
+            gi = col // g
+            if not static and col % g == 0:
+                s, z = _params(W1[:, i:i + g].unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
+                               bits, symmetric)
+                scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
+            s, z = scales[:, gi], zeros[:, gi]
+            w = W1[:, i]
+            q = int_round(w.unsqueeze(-1), s, z, bits, symmetric).squeeze(-1)
+            if keep is not None:
+                q = torch.where(keep[:, i1 + i], q, z)
+            deq = (q - z) * s.to(torch.float32)
+            Q1[:, i] = q
+            err = (w - deq) / Hinv1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    if perm is not None:
+        Q = Q[:, torch.argsort(perm)]
+    codes = Q.to(torch.uint8)
+    return codes, scales, None if symmetric else zeros.to(torch.uint8)
+
+
+@register_quantizer
+class GPTQ(Quantizer):
+    """GPTQ on RTN's grid (damping 1% of mean diag H, blocks of 128 columns, activation order, grid search).
+
+    ``act_order`` is a handler attribute (``GPTQ.act_order = True`` or ``gptq_quantize(...,
+    act_order=True)``) rather than a plan field, to keep the plan's quant config small.
+    """
+
+    name = "gptq"
+    zero_kind = "int"
+    needs = "hessian"
+    act_order = True
+
+    def quantize(self, weight, quant, stats=None, mask=None) -> QuantLayout:
+        hessian = None if stats is None else stats.hessian
+        codes, scales, zeros = gptq_quantize(weight, hessian, quant.bits, quant.group_size, quant.symmetric,
+                                             mask=mask, act_order=self.act_order)
+        return QuantLayout(codes, scales, zeros, None, quant.bits, quant.group_size, quant.symmetric)
