@@ -35,9 +35,14 @@ def _names(cls) -> list[str]:
     return [f.name for f in fields(cls)]
 
 
+# Fields added after plans were first written; left at their defaults they are omitted, so a plan
+# that does not use them serializes (and exports) exactly as before.
+_LATER_FIELDS = ("method", "format")
+
+
 def _simple_to_dict(cfg) -> dict:
-    # Optional fields left at None are omitted, so plans that do not use them read as before.
-    return {f.name: getattr(cfg, f.name) for f in fields(cfg) if not (f.default is None and getattr(cfg, f.name) is None)}
+    return {f.name: getattr(cfg, f.name) for f in fields(cfg)
+            if not (f.name in _LATER_FIELDS and getattr(cfg, f.name) == f.default)}
 
 
 def _simple_from_dict(cls, data, where: str):

@@ -69,7 +69,8 @@ def open_study(config: StudyConfig, storage, evaluator):
         "constraints": list(config.constraints),
         "space": evaluator.space_dict,
         "space_fingerprint": space_fingerprint(evaluator.space_dict),
-        "eval": {k: v for k, v in config.to_dict()["eval"].items()},
+        # ``labels`` came after studies were first stored: left unset it is not part of the record.
+        "eval": {k: v for k, v in config.to_dict()["eval"].items() if not (k == "labels" and v is None)},
         "sampler": config.sampler,
         "trials": config.trials,
         "seed": config.seed,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
+
 from presso.errors import PressoError
 from presso.search._index import StudyIndex, full_rows
 from presso.search._records import objective_names

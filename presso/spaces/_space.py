@@ -87,6 +87,11 @@ def _check_values(where: str, domain: Domain, check: Callable[[object], None]) -
             raise PressoError(f"{where}: {exc}") from None
 
 
+# Choice keys added after studies were first stored; left at their defaults they are omitted from
+# ``to_dict``, so a study stored before them resumes with the same space.
+_LATER_KEYS = {"method": Fixed("rtn"), "format": Fixed(None)}
+
+
 @dataclass(frozen=True)
 class Group:
     name: str
@@ -233,7 +238,8 @@ class SearchSpace:
             if g.exclude:
                 entry["exclude"] = list(g.exclude)
             entry.update(tie=g.tie, blocks_per_unit=g.blocks_per_unit)
-            entry.update({key: raw(getattr(g, key)) for key in CHOICE_KEYS})
+            entry.update({key: raw(getattr(g, key)) for key in CHOICE_KEYS
+                          if not (key in _LATER_KEYS and getattr(g, key) == _LATER_KEYS[key])})
             groups.append(entry)
         out = {"name": self.name}
         if self.description:
