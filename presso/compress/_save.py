@@ -37,6 +37,7 @@ from presso.compress._size import (
     unique_state,
     weight_encoding,
 )
+from presso._files import replace_dir
 from presso.errors import PressoError
 
 _AUTO_CLASSES = AUTO_CLASSES  # an allowlist: nothing else is ever imported by name
@@ -175,13 +176,7 @@ def save_compressed(
             files[rel] = (path.stat().st_size, _sha256(path))
         text = manifest_text(auto_class_name(model), type(model).__name__, files, tokenizer is not None)
         (tmp / MANIFEST_FILE).write_text(text, encoding="utf-8")
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

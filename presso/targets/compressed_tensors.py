@@ -27,7 +27,6 @@ other shapes fall back to vLLM's other mixed-precision kernels).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
@@ -38,6 +37,7 @@ from torch import nn
 
 from presso.compress._modules import compressible_modules, embedding_modules
 from presso.compress._size import TensorSpec, safetensors_header_bytes, unique_state
+from presso._files import replace_dir
 from presso.errors import PressoError
 from presso.targets._base import WrittenTarget
 
@@ -271,13 +271,7 @@ class CompressedTensorsTarget:
                 model.generation_config.save_pretrained(str(tmp))  # as save_pretrained does (vLLM reads it)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(tmp))
-            if out.exists():
-                trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-                os.replace(out, trash)
-                os.replace(tmp, out)
-                shutil.rmtree(trash, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
