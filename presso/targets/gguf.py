@@ -34,7 +34,6 @@ from presso.errors import PressoError
 from presso.targets._base import WrittenTarget
 
 ALIGNMENT = 32  # GGUF's default general.alignment
-_NORM_SUFFIXES = ("norm.weight",)
 
 
 def _pad(n: int) -> int:
@@ -99,9 +98,6 @@ class _Layout:
             self.entries.append((gguf_name, key, permute))
         self.shapes = {key: tuple(state[key].shape) for _, key, _ in self.entries}
         self.header_bytes = _header_bytes(self, tokenizer_source(model))
-
-    def module_key(self, module: str) -> str:
-        return f"{module}.weight"
 
 
 def _metadata(writer, layout: _Layout, source: Path) -> None:
