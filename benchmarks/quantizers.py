@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import os
 import sys
 import time
@@ -35,30 +34,10 @@ from presso.compress import collect_calibration, compress_  # noqa: E402
 from presso.compress.quantizers import registered_quantizers  # noqa: E402
 from presso.plan import LayerConfig, Plan, QuantConfig  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_models import embeddings, perplexity  # noqa: E402  (one scoring routine for the benchmarks)
+
 REFS = {"smollm2": "builtin:smollm2-135m", "minilm": "builtin:minilm-l6"}
-
-
-@torch.no_grad()
-def perplexity(model, ids: torch.Tensor, batch_size: int = 4) -> float:
-    total, count = 0.0, 0
-    for start in range(0, ids.shape[0], batch_size):
-        batch = ids[start:start + batch_size]
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                         batch[:, 1:].reshape(-1), reduction="sum"))
-        count += batch[:, 1:].numel()
-    return math.exp(total / count)
-
-
-@torch.no_grad()
-def embeddings(model, encoded, batch_size: int = 32) -> torch.Tensor:
-    out = []
-    for start in range(0, encoded["input_ids"].shape[0], batch_size):
-        batch = {k: v[start:start + batch_size] for k, v in encoded.items()}
-        hidden = model(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        out.append(torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1))
-    return torch.cat(out)
 
 
 def run_model(key: str, bits_list, groups, methods) -> None:

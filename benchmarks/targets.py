@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
-import math
 import os
 import platform
 import sys
@@ -49,6 +48,9 @@ from presso.search import Evaluator, StudyConfig, pareto_rows, run_study  # noqa
 from presso.search._driver import load_existing_study  # noqa: E402
 from presso.targets import get_target  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compress_models import perplexity  # noqa: E402  (one scoring routine for the benchmarks)
+
 STOCK = ["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
 PURE = ["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
 
@@ -60,16 +62,6 @@ def heldout_windows(tokenizer, windows: int, width: int) -> torch.Tensor:
     if ids.numel() < need:
         raise SystemExit(f"held-out text has {ids.numel()} tokens; need {need}")
     return ids[:need].reshape(windows, width)
-
-
-def perplexity(model, ids: torch.Tensor) -> float:
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for row in ids:
-            logits = model(input_ids=row[None]).logits[0, :-1].float()
-            nll += float(torch.nn.functional.cross_entropy(logits, row[1:], reduction="sum"))
-            count += row.numel() - 1
-    return math.exp(nll / count)
 
 
 def llama_ppl(path: Path, ids: torch.Tensor, threads: int) -> float:

@@ -36,8 +36,8 @@ class TestQuantizerConformance:
 
     @pytest.mark.parametrize("bits,group,sym", [(8, 0, False), (4, 32, False), (3, 16, True), (2, 64, False)])
     def test_layout_shapes_bytes_and_grid(self, method, bits, group, sym):
-        if method == "rtn_fmin" and sym:
-            pytest.skip("rtn_fmin is asymmetric by construction")
+        # rtn_fmin is asymmetric by construction (QuantConfig refuses it symmetric): its 3-bit case runs asymmetric.
+        sym = sym and method != "rtn_fmin"
         torch.manual_seed(0)
         w = torch.randn(24, 128)
         _, stats = _stats()
