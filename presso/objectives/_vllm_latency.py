@@ -75,11 +75,11 @@ class VllmDecodeObjective(BaseObjective):
         prompt = ctx.input_ids[0, : self.prompt_tokens].tolist()
         with tempfile.TemporaryDirectory(prefix="presso-vllm-") as tmp:
             folder = target.write(model, result, ctx.tokenizer, Path(tmp) / "trial").path
-            decode_s = _time_decode(folder, prompt, self.decode_tokens, self.repeats, self.gpu_memory_utilization)
+            decode_s = time_decode(folder, prompt, self.decode_tokens, self.repeats, self.gpu_memory_utilization)
         return 1000.0 * decode_s / self.decode_tokens
 
 
-def _time_decode(folder: Path, prompt: list[int], decode_tokens: int, repeats: int, memory: float) -> float:
+def time_decode(folder: Path, prompt: list[int], decode_tokens: int, repeats: int, memory: float) -> float:
     """Median seconds for ``decode_tokens`` greedy tokens after ``prompt``, prefill excluded."""
     import gc
 
@@ -87,8 +87,9 @@ def _time_decode(folder: Path, prompt: list[int], decode_tokens: int, repeats: i
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
+    # Token ids in, token ids out: no tokenizer needed (the folder may have none).
     llm = LLM(model=str(folder), dtype="float16", gpu_memory_utilization=memory, enforce_eager=True,
-              max_model_len=len(prompt) + decode_tokens + 8)
+              max_model_len=len(prompt) + decode_tokens + 8, skip_tokenizer_init=True)
     try:
         request = [TokensPrompt(prompt_token_ids=prompt)]
 
