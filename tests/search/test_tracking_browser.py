@@ -72,6 +72,12 @@ def _run_names(driver) -> set[str]:
     return {e.text for e in driver.find_elements(By.CSS_SELECTOR, "a[href*='/runs/'] span") if e.text}
 
 
+def _heading(driver) -> str:
+    from selenium.webdriver.common.by import By
+
+    return " ".join(e.text for e in driver.find_elements(By.CSS_SELECTOR, "h1, h2, [role='tablist']"))
+
+
 def _open_runs(driver, url: str, expect_parent: str) -> set[str]:
     """Open a runs table, expand the parent run's children, return the run names shown."""
     from selenium.webdriver.common.by import By
@@ -118,6 +124,12 @@ def test_mlflow_ui_shows_trials_front_filter_and_pareto_plot(tmp_path, browser, 
     experiment_id, parent_id = tracker.experiment_id, tracker.parent_run_id
 
     with spawn_ui(backend, log_path=tmp_path / "ui.log") as ui:
+        # The plain experiment address (a click in MLflow's experiment list), no workflowType
+        # in the URL: the experiment's mlflow.experimentKind tag must open the runs table, not
+        # MLflow 3's GenAI overview.
+        browser.get(f"{ui.url}/#/experiments/{experiment_id}")
+        _wait(browser, lambda: "run 1" in _run_names(browser), "the runs table at the plain experiment URL")
+        assert "/runs" in browser.current_url and "Traces" not in _heading(browser)
         base = experiment_url(ui.url, experiment_id)
         shown = _open_runs(browser, base, "run 1")
         assert {f"trial {n}" for n in range(len(POINTS))} <= shown
