@@ -127,8 +127,8 @@ def cmd_status(args) -> int:
     from presso.search import DEFAULT_TRACKING
     from presso.search._storage import redact
 
-    print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open "
-          f"http://127.0.0.1:5000 (experiment {args.study!r}; store {redact(tracking or DEFAULT_TRACKING)})")
+    print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open the link it "
+          f"prints for study {args.study!r} (its runs table; store {redact(tracking or DEFAULT_TRACKING)})")
     print(f"Optuna dashboard: optuna-dashboard {redact(storage)}")
     return 0
 
