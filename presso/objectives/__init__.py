@@ -17,7 +17,9 @@ Per trial::
                          TrialContext(number=n, size_bytes=s, dense_bytes=d))
 """
 
-from presso.objectives import _embedding, _kernel_latency, _language, _latency, _llama_latency, _size, _task  # noqa: F401 - registers built-ins
+from presso.objectives import (  # noqa: F401 - registers built-ins
+    _embedding, _kernel_latency, _language, _latency, _llama_latency, _size, _task, _vllm_latency,
+)
 from presso.objectives._base import (
     BaseObjective,
     Direction,

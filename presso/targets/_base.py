@@ -10,7 +10,9 @@ A target answers five questions for the search and for ``presso apply``:
 * the exact bytes of the file it writes, predicted before anything is written
   (:meth:`Target.predict_bytes`; the size objectives read it);
 * how to write that file (:meth:`Target.write`);
-* how to load it back in the runtime (:meth:`Target.load`).
+* how to load it back in the runtime (:meth:`Target.load`);
+* which kernel (or fallback) the runtime multiplies each weight with (:meth:`Target.kernels`;
+  a trial stores the counts, MLflow the per-module table).
 """
 
 from __future__ import annotations
@@ -65,6 +67,17 @@ class Target(Protocol):
 
     def load(self, path: Path, **kwargs: Any):
         """Load ``path`` in the target's runtime (the object the runtime hands back)."""
+
+    def kernels(self, model, result) -> dict[str, str]:
+        """``{module: kernel}``: what the runtime computes each weight matrix with, in words."""
+
+
+def kernel_counts(kernels: dict[str, str]) -> dict[str, int]:
+    """How many modules run each kernel: the compact form a trial stores."""
+    counts: dict[str, int] = {}
+    for kernel in kernels.values():
+        counts[kernel] = counts.get(kernel, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 def size_terms(target, dtype: str) -> dict[str, str]:

@@ -289,6 +289,23 @@ class CompressedTensorsTarget:
         cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
         return cls.from_pretrained(str(path), local_files_only=True, **kwargs).eval()
 
+    def kernels(self, model: nn.Module, result) -> dict[str, str]:
+        """What transformers runs: it decompresses the packed weights once, on the first forward.
+
+        vLLM picks its own WNA16 kernel per layer when it loads the folder (Marlin, Machete,
+        Exllama, ... by GPU and shape) and logs it; that choice is made on the GPU host.
+        """
+        mods = self._quantized(model, result)
+        kernels = {}
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            rec = mods.get(name)
+            kernels[name] = ("torch dense matmul (unquantized, in ignore)" if rec is None else
+                             f"torch dense matmul on {_format_name((rec.bits, rec.group_size, rec.symmetric))} "
+                             "decompressed by compressed-tensors at the first forward")
+        return kernels
+
 
 # safetensors header metadata, as save_pretrained writes it (vLLM and transformers read "format").
 _METADATA = {"format": "pt"}

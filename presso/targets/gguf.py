@@ -254,3 +254,9 @@ class GGUFTarget:
         from presso.targets._llama_runtime import LlamaCppCausalLM
 
         return LlamaCppCausalLM(Path(path), **kwargs)
+
+    def kernels(self, model, result) -> dict[str, str]:
+        """ggml's CPU kernel per weight (repacked GEMM or vec_dot), as llama.cpp picks it here."""
+        from presso.targets._ggml_kernels import layer_kernels
+
+        return layer_kernels(model, result)
