@@ -235,17 +235,17 @@ def start_ui(tracking_uri: str | None = None, port: int = 5000, host: str = "127
     log_path = (log_dir.parent / "mlflow-ui.log") if log_dir is not None else None
     echo(f"Starting the MLflow UI over {redact(uri)} (log: {log_path or 'a temporary file'}) ...")
     server = spawn_ui(uri, port, host, log_path=log_path)
-    echo(f"MLflow UI: {server.url}  (Ctrl-C to stop)")
-    try:
-        urls = study_urls(uri, server.url)
-    except Exception:  # noqa: BLE001 - the UI works without the links
-        urls = {}
-    for name, url in urls.items():
-        echo(f"  runs of study {name!r}: {url}")
-    if urls:
-        echo("  (opened from MLflow's experiment list, an experiment shows the GenAI overview; "
-             "these links, or the sidebar's 'Model training' switch, show the runs)")
-    try:
+    try:  # NOTE: Ctrl-C from here on stops the server cleanly
+        try:
+            urls = study_urls(uri, server.url)
+        except Exception:  # noqa: BLE001 - the UI works without the links
+            urls = {}
+        echo(f"MLflow UI: {server.url}  (Ctrl-C to stop)")
+        for name, url in urls.items():
+            echo(f"  runs of study {name!r}: {url}")
+        if urls:
+            echo("  (opened from MLflow's experiment list, an experiment shows the GenAI overview; "
+                 "these links, or the sidebar's 'Model training' switch, show the runs)")
         return server.process.wait()
     except KeyboardInterrupt:
         server.stop()
