@@ -49,6 +49,13 @@ class Target(Protocol):
     runtime: str
     """Who loads the output, in words (``llama.cpp (llama-cpp-python)``)."""
 
+    size_counts: str
+    """What ``size_bytes`` counts, in words (``model.safetensors (weights and header)``)."""
+
+    dense_counts: str
+    """What ``dense_bytes``, the denominator of ``size_fraction``, counts; ``{dtype}`` is the dense
+    model's weight type (``the dense {dtype} weights ...``)."""
+
     def check_plan(self, model, plan) -> None:
         """Raise :class:`PressoError` if a module's choice is not storable in this target."""
 
@@ -71,3 +78,17 @@ def kernel_counts(kernels: dict[str, str]) -> dict[str, int]:
     for kernel in kernels.values():
         counts[kernel] = counts.get(kernel, 0) + 1
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def size_terms(target, dtype: str) -> dict[str, str]:
+    """``{"counts", "dense"}``: what a study's ``size_bytes`` and ``dense_bytes`` count under
+    ``target``, with the dense model's weight type (``fp32``) filled in."""
+    return {"counts": target.size_counts, "dense": target.dense_counts.format(dtype=dtype)}
+
+
+def size_line(size_bytes: int, dense_bytes: int, terms: dict[str, str]) -> str:
+    """The one way Presso prints a size: ``model.safetensors (weights and header): 3,456,789
+    bytes = 0.13022 of the dense fp32 weights (...: 26,543,210 bytes)``. ``size_fraction`` is the
+    same quotient, printed with the same digits."""
+    return (f"{terms['counts']}: {size_bytes:,} bytes = {size_bytes / dense_bytes:.5g} of "
+            f"{terms['dense']}: {dense_bytes:,} bytes")

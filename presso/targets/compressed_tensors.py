@@ -98,6 +98,8 @@ class CompressedTensorsTarget:
 
     name = "compressed-tensors"
     runtime = "vLLM (vllm serve DIR) and transformers (from_pretrained)"
+    size_counts = "model.safetensors (weights and header)"
+    dense_counts = "the dense {dtype} weights (all tensors of the uncompressed model, tied ones once)"
 
     def __init__(self, *, asymmetric: bool = False):
         # asymmetric=True writes zero points too (vLLM's layout); see the NOTE on _NO_ZERO_POINTS.

@@ -175,6 +175,8 @@ class GGUFTarget:
 
     name = "gguf"
     runtime = "llama.cpp (llama-cpp-python)"
+    size_counts = "the .gguf file (weights, header, embedded tokenizer)"
+    dense_counts = "the same model as an all-F32 .gguf file"
     suffix = ".gguf"
 
     def offered_formats(self, in_features: int) -> list[str]:

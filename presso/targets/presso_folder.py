@@ -27,6 +27,8 @@ class PressoTarget:
 
     name = "presso"
     runtime = "Presso (presso.compress.load_compressed)"
+    size_counts = "model.safetensors (weights and header)"
+    dense_counts = "the dense {dtype} weights (all tensors of the uncompressed model, tied ones once)"
 
     def check_plan(self, model, plan) -> None:
         """Every plan the compression engine accepts is storable, except ggml formats (target gguf)."""
