@@ -335,6 +335,7 @@ def tell_low_fidelity(study, trial, outcome, decision: dict, started: float):
     trial.set_user_attr("low_values", outcome.low_values)
     trial.set_user_attr("promotion", decision)
     trial.set_user_attr("metrics", outcome.metrics)
+    _set_kernels(trial, outcome)
     timings = dict(outcome.timings)
     timings["total_s"] = time.perf_counter() - started
     trial.set_user_attr("timings", timings)
@@ -378,11 +379,19 @@ def tell_retry(study, trial, key: str, message: str, extra_attrs: dict | None = 
     study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, **(extra_attrs or {})})
 
 
+def _set_kernels(trial, outcome) -> None:
+    """The runtime kernels the trial's layers run with, as counts (a few dozen bytes)."""
+    kernels = getattr(outcome, "kernels", None)
+    if kernels:
+        trial.set_user_attr("kernels", kernels)
+
+
 def tell_outcome(study, trial, outcome, objective_specs, constraints, started: float):
     """Store a measured trial in the ``_records`` format and complete it."""
     store_started = time.perf_counter()
     trial.set_user_attr("values", outcome.values)
     trial.set_user_attr("metrics", outcome.metrics)
+    _set_kernels(trial, outcome)
     for constraint in constraints:
         trial.set_constraint(str(constraint), constraint.violation(outcome.values | outcome.metrics))
     timings = dict(outcome.timings)

@@ -9,12 +9,14 @@ the same pieces, so an exported plan reproduces its trial's values exactly.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from presso.errors import PressoError
 from presso.search._config import EvalConfig, StudyConfig
+from presso.targets._base import kernel_counts
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,9 @@ class Outcome:
     was not promoted (then ``values`` equals ``low_values``).
 
     ``files`` are text files for the trial's MLflow run (the classification report of a task
-    model), never stored in the study: they go to observers through ``on_files``.
+    model, the per-module kernel table ``kernels.json``), never stored in the study: they go to
+    observers through ``on_files``. ``kernels`` counts the modules per runtime kernel (stored on
+    the trial: it depends on the worker's CPU or GPU, not only on the plan).
     """
 
     values: dict[str, float]
@@ -42,6 +46,7 @@ class Outcome:
     fidelity: str = "full"
     low_values: dict[str, float] | None = None
     files: dict[str, str] = field(default_factory=dict)
+    kernels: dict[str, int] = field(default_factory=dict)
 
 
 def default_objectives(task: str) -> tuple[str, ...]:
@@ -302,6 +307,7 @@ class Evaluator:
         self.target.check_plan(self.assets.dense, plan)
         model, result = self.assets.compress(plan, reuse=True)
         size = target_size(self.target, model, result)
+        kernels = self.target.kernels(model, result)
         timings = {"copy_s": result.timings.get("copy_s", 0.0), "compress_s": result.timings.get("total_s", 0.0)}
         try:
             low_values = None
@@ -314,17 +320,19 @@ class Evaluator:
                 if fidelity == "low" or not promote(low_values):
                     timings["evaluate_s"] = timings["low_evaluate_s"]
                     return Outcome(values=low_values, metrics=size_metrics(result, size), timings=_with_parts(timings, result),
-                                   fidelity="low", low_values=low_values)
+                                   fidelity="low", low_values=low_values, kernels=kernel_counts(kernels))
             started = time.perf_counter()
             trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
             trial.cache[COMPRESSION_KEY] = result
             values = measure_all(self.objectives, model, self.context, trial)
             files = trial_report_files(self.context, trial)
+            files["kernels.json"] = json.dumps(kernels, indent=1, sort_keys=True)
             timings["evaluate_s"] = time.perf_counter() - started + timings.get("low_evaluate_s", 0.0)
         finally:
             del model
         return Outcome(values={k: float(v) for k, v in values.items()}, metrics=size_metrics(result, size),
-                       timings=_with_parts(timings, result), low_values=low_values, files=files)
+                       timings=_with_parts(timings, result), low_values=low_values, files=files,
+                       kernels=kernel_counts(kernels))
 
     def dense_files(self) -> dict[str, str]:
         """Text files about the uncompressed model for the invocation's MLflow run: its

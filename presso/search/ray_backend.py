@@ -85,7 +85,7 @@ class TrialWorker:
             failure = failure_reason(exc)
         else:
             return {"ok": True, "values": outcome.values, "metrics": outcome.metrics, "timings": outcome.timings,
-                    "files": outcome.files, "where": self.where}
+                    "files": outcome.files, "kernels": outcome.kernels, "where": self.where}
         # NOTE: outside the except block, where the traceback (and the failed trial's tensors it
         # holds) is gone, so the cache can really be released before the next plan.
         _release_accelerator_memory()
@@ -423,7 +423,8 @@ def _finish(study, pool: _ActorPool, item: _InFlight, ref, view: _DriverView):
     if not result["ok"]:
         frozen = tell_failure(study, trial, result["failure"], item.started)
         return frozen, item.slot, {}
-    outcome = Outcome(values=result["values"], metrics=result["metrics"], timings=result["timings"])
+    outcome = Outcome(values=result["values"], metrics=result["metrics"], timings=result["timings"],
+                      kernels=dict(result.get("kernels") or {}))
     frozen = tell_outcome(study, trial, outcome, view.objective_specs, view.constraints, item.started)
     return frozen, item.slot, dict(result.get("files") or {})
 

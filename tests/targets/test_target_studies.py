@@ -44,6 +44,13 @@ def test_gguf_study_on_smollm2_reproduces_in_llama_cpp(tmp_path, monkeypatch, ca
     assert scored["size_fraction"] == pytest.approx(recorded["values"]["size_fraction"], rel=1e-12)
     # llama.cpp computes with 8-bit activations in quantized matmuls: within 1%, not to the bit.
     assert scored["ppl_ratio"] == pytest.approx(recorded["values"]["ppl_ratio"], rel=0.01)
+    # Each trial says which ggml kernel ran each weight: 30 blocks x 7 Linear, the table, the tied head.
+    import optuna
+
+    trials = optuna.load_study(study_name="smol-gguf", storage="sqlite:///presso-runs/studies.db").get_trials()
+    for trial in trials:
+        kernels = trial.user_attrs["kernels"]
+        assert sum(kernels.values()) == 30 * 7 + 2 and all(k.startswith("CPU") for k in kernels), kernels
 
 
 @pytest.mark.parametrize("model,space,objective", [

@@ -228,6 +228,8 @@ def trial_payload(row: TrialRow, trial, objectives: list[str], groups: GroupInde
         tags["presso.seeded"] = _cut(attrs["seeded"], 250)
     if attrs.get("worker"):
         tags["presso.worker"] = _cut(attrs["worker"], 250)
+    if isinstance(attrs.get("kernels"), Mapping):  # the runtime's kernel per module, counted (kernels.json: the table)
+        tags["presso.kernels"] = _cut("; ".join(f"{n} x {k}" for k, n in attrs["kernels"].items()), MAX_TAG_CHARS)
     start_ms, end_ms = to_ms(row.datetime_start), to_ms(row.datetime_complete)
     return TrialPayload(
         number=row.number,

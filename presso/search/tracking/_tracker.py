@@ -37,7 +37,8 @@ class MlflowTracker(StudyObserver):
     plan per objective, refreshed when the front moves (at most every ``refresh_min_s``) or
     every ``refresh_every`` trials, and at the end.
 
-    Files handed over by ``on_files`` (a task model's classification report, text and JSON)
+    Files handed over by ``on_files`` (a task model's classification report, text and JSON; the
+    per-module kernel table ``kernels.json``)
     go on the front trials' runs, and the uncompressed model's on the parent run under
     ``uncompressed/``. They are not in the study store, so ``presso sync`` cannot backfill them.
 
