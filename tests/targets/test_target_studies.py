@@ -46,6 +46,17 @@ def test_gguf_study_on_smollm2_reproduces_in_llama_cpp(tmp_path, monkeypatch, ca
     assert scored["ppl_ratio"] == pytest.approx(recorded["values"]["ppl_ratio"], rel=0.01)
 
 
+def test_gguf_study_on_minilm_reproduces_in_llama_cpp_embeddings(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    study = _study(tmp_path, name="minilm-gguf", model="builtin:minilm-l6", target="gguf",
+                   space="builtin:minilm-l6-gguf", objectives=["embedding_cosine", "size_fraction"])
+    recorded, scored = _export_apply(capsys, study, "minilm-gguf", "small.gguf", "--target", "gguf")
+    assert (tmp_path / "small.gguf").stat().st_size == recorded["metrics"]["size_bytes"]
+    assert scored["size_fraction"] == pytest.approx(recorded["values"]["size_fraction"], rel=1e-12)
+    # llama.cpp's BERT: 8-bit activations in quantized matmuls and a tanh GELU; within 1%, not to the bit.
+    assert scored["embedding_cosine"] == pytest.approx(recorded["values"]["embedding_cosine"], rel=0.01)
+
+
 @pytest.mark.parametrize("model,space,objective", [
     ("builtin:minilm-l6", "builtin:minilm-l6-ct", "embedding_cosine"),
     ("builtin:smollm2-135m", "builtin:smollm2-135m-ct", "ppl_ratio"),
