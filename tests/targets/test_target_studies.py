@@ -53,6 +53,8 @@ def test_gguf_study_on_minilm_reproduces_in_llama_cpp_embeddings(tmp_path, monke
     recorded, scored = _export_apply(capsys, study, "minilm-gguf", "small.gguf", "--target", "gguf")
     assert (tmp_path / "small.gguf").stat().st_size == recorded["metrics"]["size_bytes"]
     assert scored["size_fraction"] == pytest.approx(recorded["values"]["size_fraction"], rel=1e-12)
+    print(f"minilm gguf: size_bytes {recorded['metrics']['size_bytes']:.0f} = file; embedding_cosine trial "
+          f"{recorded['values']['embedding_cosine']:.6f}, llama.cpp {scored['embedding_cosine']:.6f}")
     # llama.cpp's BERT: 8-bit activations in quantized matmuls and a tanh GELU; within 1%, not to the bit.
     assert scored["embedding_cosine"] == pytest.approx(recorded["values"]["embedding_cosine"], rel=0.01)
 
