@@ -44,22 +44,21 @@ def _threads(n_threads: int | None) -> int:
     return n_threads or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) or os.cpu_count() or 1
 
 
-def _read_key(path: Path, key: str):
+def _fields(path: Path) -> dict:
+    """The file's metadata keys and values (``general.architecture``, ``bert.context_length``, ...)."""
     import gguf
 
     if not Path(path).is_file():
         raise PressoError(f"gguf: {str(path)!r} is not a file")
     fields = gguf.GGUFReader(str(path)).fields
-    if key == "context_length":
-        key = f"{fields['general.architecture'].contents()}.context_length" if "general.architecture" in fields else key
-    if key not in fields:
-        raise PressoError(f"gguf: {str(path)!r} has no {key}; allowed: a GGUF model file")
-    return fields[key].contents()
+    if "general.architecture" not in fields:
+        raise PressoError(f"gguf: {str(path)!r} has no general.architecture; allowed: a GGUF model file")
+    return {name: field.contents() for name, field in fields.items() if not name.startswith("tokenizer.")}
 
 
 def gguf_architecture(path: Path) -> str:
     """The file's ``general.architecture`` (``llama``, ``bert``, ...)."""
-    return str(_read_key(path, "general.architecture"))
+    return str(_fields(path)["general.architecture"])
 
 
 class LlamaCppCausalLM:
@@ -138,7 +137,8 @@ class LlamaCppEncoder:
         Llama = _llama_class()
         threads = _threads(n_threads)
         self.path = Path(path)
-        self.n_positions = int(_read_key(path, "context_length"))
+        fields = _fields(path)
+        self.n_positions = int(fields[f"{fields['general.architecture']}.context_length"])
         if n_ctx > self.n_positions:
             raise PressoError(f"gguf: sequences of {n_ctx} tokens exceed the model's {self.n_positions} positions; "
                               f"allowed: eval.seq_len <= {self.n_positions}")
