@@ -14,6 +14,12 @@ pass of the dense model over the same batches:
 
     python benchmarks/gpu_check.py                 # CUDA if present, else prints a skip line
     python benchmarks/gpu_check.py --device cpu    # the same table on CPU (for checking the script)
+    python benchmarks/gpu_check.py --vllm          # also: compressed-tensors folders served by vLLM
+
+With ``--vllm`` (needs ``pip install vllm``), uniform W4A16 (g32, g128) and W8A16 plans are written
+as the ``compressed-tensors`` target's folders and run by vLLM's engine (what ``vllm serve DIR``
+runs): decode ms/token (the ``vllm_decode_ms`` objective's measurement) and the WNA16 kernel vLLM
+logged for the layers.
 
 Store and tracking costs are CPU-side; ``benchmarks/trial_cost.py`` measures them.
 """
@@ -112,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--sequences", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--vllm", action="store_true", help="also serve compressed-tensors folders with vLLM")
     args = parser.parse_args(argv)
     try:
         import torch
@@ -203,7 +210,51 @@ def main(argv=None) -> int:
               "approximate on CUDA (kernels run asynchronously)")
     if not real:
         print("note: random weights and random tokens: ppl_ratio is not meaningful, timings are")
+    if args.vllm:
+        vllm_table(dense, eval_ids[0, :64].tolist())
     return 0
+
+
+def vllm_table(dense, prompt: list[int]) -> None:
+    """Decode speed of uniform compressed-tensors recipes in vLLM, and the kernel vLLM chose."""
+    import copy
+    import logging
+    import tempfile
+
+    import torch
+
+    from presso.compress import compress_
+    from presso.objectives._vllm_latency import time_decode, vllm_unavailable
+    from presso.plan import LayerConfig, Plan, QuantConfig
+    from presso.targets import get_target
+
+    reason = vllm_unavailable()
+    if reason is not None:
+        print(f"\nvllm: skipped: {reason}")
+        return
+    chosen: list[str] = []
+
+    class KernelLog(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "Kernel" in message and "Using" in message:
+                chosen.append(message)
+
+    logging.getLogger("vllm").addHandler(KernelLog())
+    target = get_target("compressed-tensors")
+    cpu_dense = copy.deepcopy(dense).to("cpu", dtype=torch.float16)
+    print("\n| recipe (compressed-tensors, vLLM fp16) | folder bytes | decode ms/token | kernel vLLM logged |\n|---|---:|---:|---|")
+    for name, quant in [("dense fp16", None), ("W8A16 per channel", QuantConfig(bits=8, group_size=0, symmetric=True)),
+                        ("W4A16 g128", QuantConfig(bits=4, group_size=128, symmetric=True)),
+                        ("W4A16 g32", QuantConfig(bits=4, group_size=32, symmetric=True))]:
+        model = copy.deepcopy(cpu_dense)
+        result = compress_(model, Plan() if quant is None else Plan(layers={"re:.*": LayerConfig(quant=quant)}))
+        chosen.clear()
+        with tempfile.TemporaryDirectory(prefix="presso-gpu-vllm-") as tmp:
+            written = target.write(model, result, None, Path(tmp) / "ct")
+            decode_s = time_decode(written.path, prompt, 32, 3, 0.3)
+        kernel = chosen[0] if chosen else "(none logged)"
+        print(f"| {name} | {written.on_disk_bytes:,} | {1000 * decode_s / 32:.2f} | {kernel[:120]} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,14 @@ For SmolLM2-135M, side by side in one run:
 
 * ``gguf``: llama.cpp's stock types made by llama.cpp's own quantizer (``llama_model_quantize``,
   the routine behind ``llama-quantize``) from the same F32 GGUF that Presso writes for the dense
-  model: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q4_K_M, Q3_K_M, Q2_K, without an importance matrix (its
-  Python binding cannot pass one); the same pure types WITH an importance matrix from the
-  calibration text, made by ggml's quantizer through Presso (the table at Q8_0, as llama.cpp
-  keeps a tied output table); and the front of a Presso study with ``target: gguf``;
+  model: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, Q4_K_M, Q3_K_M, Q2_K, without an importance matrix; each
+  stock file again WITH an importance matrix from the calibration text; and the front of a Presso
+  study with ``target: gguf``. llama-cpp-python's binding of ``llama_model_quantize`` cannot pass an
+  importance matrix (``params.imatrix`` is a C++ map), so the "+ imatrix" files keep exactly the
+  per-tensor types llama.cpp chose for the stock file (read back from it) and quantize each tensor
+  with ggml's ``ggml_quantize_chunk`` and the importance matrix, which is what
+  ``llama_model_quantize`` does per tensor when it is given one (``llama-imatrix``'s matrix is the
+  same statistic: the mean squared activation of each input column);
 * ``compressed-tensors``: uniform W8A16 (per channel) and W4A16 (groups of 32 and 64, symmetric)
   recipes against the front of a Presso study with ``target: compressed-tensors``.
 
@@ -52,7 +56,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compress_models import perplexity  # noqa: E402  (one scoring routine for the benchmarks)
 
 STOCK = ["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "Q4_K_M", "Q3_K_M", "Q2_K"]
-PURE = ["Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0"]
 
 
 def heldout_windows(tokenizer, windows: int, width: int) -> torch.Tensor:
@@ -78,6 +81,22 @@ def llama_quantize(source: Path, out: Path, ftype: str, threads: int) -> None:
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(out).encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeError(f"llama_model_quantize {ftype} failed ({status})")
+
+
+def stock_plan(stock: Path, model) -> Plan:
+    """A plan that gives every weight the ggml type llama.cpp chose for it in ``stock``."""
+    import gguf
+
+    from presso.targets.gguf import layout
+
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(stock)).tensors}
+    layers = {}
+    for gguf_name, key, _ in layout(model).entries:
+        module = key.removesuffix(".weight")
+        if module == key or types[gguf_name] == "F32" or len(layout(model).shapes[key]) != 2:
+            continue  # norms and biases stay F32 in both files
+        layers[module] = LayerConfig(quant=QuantConfig(format=types[gguf_name]))
+    return Plan(layers=layers)
 
 
 def run_search(target: str, space: str, trials: int, seed: int, store: Path, evaluator_cache: dict) -> list:
@@ -121,18 +140,16 @@ def bench_gguf(args, work: Path, cache: dict, ids: torch.Tensor) -> list[str]:
     dense_size, dense_ppl = f32.stat().st_size, llama_ppl(f32, ids, args.threads)
     rows = [row("F32 (dense)", dense_size, dense_size, dense_ppl, dense_ppl)]
     for ftype in STOCK:
-        out = work / f"stock-{ftype}.gguf"
-        llama_quantize(f32, out, ftype, args.threads)
-        rows.append(row(f"llama.cpp {ftype}", out.stat().st_size, dense_size, llama_ppl(out, ids, args.threads), dense_ppl))
-        out.unlink()
-    for fmt in PURE:
-        plan = Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(format=fmt)),
-                            "model.embed_tokens": LayerConfig(quant=QuantConfig(format="Q8_0"))})
+        stock = work / f"stock-{ftype}.gguf"
+        llama_quantize(f32, stock, ftype, args.threads)
+        rows.append(row(f"llama.cpp {ftype}", stock.stat().st_size, dense_size, llama_ppl(stock, ids, args.threads), dense_ppl))
+        plan = stock_plan(stock, dense_model)
         model, result = evaluator.assets.compress(plan)
-        out = work / f"imatrix-{fmt}.gguf"
-        target.write(model, result, None, out, force=True)
-        rows.append(row(f"{fmt} + imatrix", out.stat().st_size, dense_size, llama_ppl(out, ids, args.threads), dense_ppl,
-                        " (ggml via Presso)"))
+        out = work / f"imatrix-{ftype}.gguf"
+        written = target.write(model, result, None, out, force=True)
+        rows.append(row(f"{ftype} + imatrix", written.on_disk_bytes, dense_size, llama_ppl(out, ids, args.threads), dense_ppl,
+                        " (llama.cpp's types, ggml + imatrix via Presso)"))
+        stock.unlink()
         out.unlink()
     front = []
     for trial in front_rows:

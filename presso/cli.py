@@ -127,8 +127,8 @@ def cmd_status(args) -> int:
     from presso.search import DEFAULT_TRACKING
     from presso.search._storage import redact
 
-    print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open "
-          f"http://127.0.0.1:5000 (experiment {args.study!r}; store {redact(tracking or DEFAULT_TRACKING)})")
+    print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open the link it "
+          f"prints for study {args.study!r} (its runs table; store {redact(tracking or DEFAULT_TRACKING)})")
     print(f"Optuna dashboard: optuna-dashboard {redact(storage)}")
     return 0
 
@@ -167,20 +167,21 @@ def cmd_apply(args) -> int:
     config = _study_config(args) if args.study_file else None
     report = apply_plan(plan, args.out, model=args.model, config=config, force=args.force, device=args.device,
                         target=args.target)
-    print(f"saved {args.out} ({report.target}): predicted {report.predicted_bytes:,} bytes, on disk "
-          f"{report.on_disk_bytes:,} bytes ({report.on_disk_bytes / report.dense_bytes:.1%} of the dense model's "
-          f"{report.dense_bytes:,} in the same format)")
+    from presso.targets._base import size_line
+
+    others = f"; other files (tokenizer, config): {report.other_files_bytes:,} bytes, not counted" \
+        if report.other_files_bytes else ""
+    print(f"saved {args.out} ({report.target}): {size_line(report.on_disk_bytes, report.dense_bytes, report.size_terms)} "
+          f"(predicted {report.predicted_bytes:,}){others}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from presso.search import evaluate_saved, evaluate_saved_report
+    from presso.search import score_saved
 
     config = _study_config(args) if args.study_file else None
-    if args.report:
-        values, reports = evaluate_saved_report(args.directory, config=config, device=args.device)
-    else:
-        values, reports = evaluate_saved(args.directory, config=config, device=args.device), None
+    scored = score_saved(args.directory, config=config, device=args.device, report=args.report)
+    values, reports = scored.values, scored.reports
     if args.format == "json":
         tables = {which: report["table"] for which, report in (reports or {}).items()}
         print(json.dumps({"values": values, "report": tables} if reports else values, indent=1))
@@ -188,6 +189,7 @@ def cmd_evaluate(args) -> int:
     width = max(len(k) for k in values)
     for name, value in values.items():
         print(f"{name:<{width}}  {value:.6g}")
+    print(f"size: {scored.size}")
     if reports:
         print()
         print(side_by_side(f"compressed ({args.directory})", reports["compressed"]["text"],

@@ -121,8 +121,9 @@ class SizeReport:
 
     @property
     def size_fraction(self) -> float:
-        """Stored tensor bytes over the uncompressed model's tensor bytes."""
-        return self.tensor_bytes / self.dense_bytes if self.dense_bytes else 1.0
+        """``model.safetensors`` (header included) over the uncompressed model's tensor bytes: the
+        same quotient as a study's ``size_fraction`` and ``presso apply``'s line."""
+        return self.file_bytes / self.dense_bytes if self.dense_bytes else 1.0
 
     @property
     def covered_fraction(self) -> float:

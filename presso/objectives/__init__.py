@@ -17,7 +17,9 @@ Per trial::
                          TrialContext(number=n, size_bytes=s, dense_bytes=d))
 """
 
-from presso.objectives import _embedding, _kernel_latency, _language, _latency, _llama_latency, _size, _task  # noqa: F401 - registers built-ins
+from presso.objectives import (  # noqa: F401 - registers built-ins
+    _embedding, _kernel_latency, _language, _latency, _llama_latency, _size, _task, _vllm_latency,
+)
 from presso.objectives._base import (
     BaseObjective,
     Direction,
@@ -42,7 +44,15 @@ from presso.objectives._constraints import (
 from presso.objectives._data import assert_disjoint, load_conll, load_labelled, load_labelled_csv, load_labelled_jsonl
 from presso.objectives._pareto import dominates, hypervolume, pareto_front
 from presso.objectives._pick import PICK_GRAMMAR, PickRule, parse_pick_rule
-from presso.objectives._task import TASK_METRICS, predict, task_report, task_scores
+from presso.objectives._task import (
+    TASK_METRICS,
+    dense_report_files,
+    predict,
+    report_files,
+    task_report,
+    task_scores,
+    trial_report_files,
+)
 from presso.objectives._registry import (
     get_objective,
     objective_class,
@@ -70,6 +80,7 @@ __all__ = [
     "check_constraints",
     "check_finite",
     "constraint_values",
+    "dense_report_files",
     "dominates",
     "get_objective",
     "hypervolume",
@@ -87,8 +98,10 @@ __all__ = [
     "prepare_all",
     "register_objective",
     "registered_objectives",
+    "report_files",
     "task_report",
     "task_scores",
     "total_violation",
+    "trial_report_files",
     "unregister_objective",
 ]

@@ -15,6 +15,7 @@ seqeval load inside the functions that measure.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from presso.errors import PressoError
@@ -33,7 +34,11 @@ from presso.objectives._registry import register_objective
 
 TASK_METRICS = ("accuracy", "f1_macro", "f1_micro")
 DENSE_KEY = "task/dense"
-"""``ctx.references[DENSE_KEY]``: ``{"scores": {metric: value}, "predictions": [...]}`` of the dense model."""
+"""``ctx.references[DENSE_KEY]``: ``{"scores": {metric: value}, "gold": [...], "predictions": [...]}`` of the dense model."""
+PREDICTIONS_KEY = "task/predictions"
+"""``TrialContext.cache[PREDICTIONS_KEY]``: ``(gold, predicted)`` of the trial's first task pass."""
+REPORT_TEXT = "classification_report.txt"
+REPORT_JSON = "classification_report.json"
 
 _TASKS = (Task.SEQUENCE_CLASSIFICATION, Task.TOKEN_CLASSIFICATION)
 _MAX_LENGTH = 256
@@ -158,11 +163,32 @@ def task_report(gold: list, predicted: list, task: Task | str) -> tuple[str, dic
     return text, plain(table)
 
 
+def report_files(gold: list, predicted: list, task: Task | str) -> dict[str, str]:
+    """``{REPORT_TEXT: text, REPORT_JSON: json}``: the classification report as files to attach."""
+    text, table = task_report(gold, predicted, task)
+    return {REPORT_TEXT: text, REPORT_JSON: json.dumps(table, indent=1)}
+
+
+def trial_report_files(ctx: EvalContext, trial: TrialContext) -> dict[str, str]:
+    """The report of a trial's model from the predictions its task objectives already made
+    (no extra pass over the labelled set); ``{}`` when no task objective ran."""
+    made = trial.cache.get(PREDICTIONS_KEY)
+    return report_files(*made, ctx.task) if made else {}
+
+
+def dense_report_files(ctx: EvalContext) -> dict[str, str]:
+    """The uncompressed model's report from the predictions ``prepare`` kept; ``{}`` without task objectives."""
+    dense = ctx.references.get(DENSE_KEY)
+    return report_files(dense["gold"], dense["predictions"], ctx.task) if dense else {}
+
+
 def _trial_scores(model: Any, ctx: EvalContext, trial: TrialContext, max_length: int) -> dict[str, float]:
     # NOTE: every task objective of a trial shares one pass over the labelled set.
     key = f"task/scores/{max_length}"
     if key not in trial.cache:
-        trial.cache[key] = task_scores(*predict(model, ctx, max_length), ctx.task)
+        gold, predicted = predict(model, ctx, max_length)
+        trial.cache.setdefault(PREDICTIONS_KEY, (gold, predicted))
+        trial.cache[key] = task_scores(gold, predicted, ctx.task)
     return trial.cache[key]
 
 
@@ -182,7 +208,8 @@ class _TaskMetric(BaseObjective):
         key = f"{DENSE_KEY}/{self.max_length}"
         if key not in ctx.references:
             gold, predicted = predict(require_dense(self.name, ctx), ctx, self.max_length)
-            ctx.references[key] = {"scores": task_scores(gold, predicted, ctx.task), "predictions": predicted}
+            ctx.references[key] = {"scores": task_scores(gold, predicted, ctx.task), "gold": gold,
+                                   "predictions": predicted}
             ctx.references.setdefault(DENSE_KEY, ctx.references[key])
 
     def dense_value(self, ctx: EvalContext) -> float:

@@ -16,7 +16,14 @@ from presso.search._config import (
     study_from_dict,
 )
 from presso.search._driver import RunSummary, load_existing_study, open_study, run_study
-from presso.search._evaluator import Evaluator, Outcome, apply_plan, evaluate_saved, evaluate_saved_report
+from presso.search._evaluator import (
+    Evaluator,
+    Outcome,
+    apply_plan,
+    evaluate_saved,
+    evaluate_saved_report,
+    score_saved,
+)
 from presso.search._observer import StudyObserver
 from presso.search._records import TrialRow, pareto_rows, trial_rows
 from presso.search._results import export_plan, pareto_table, status_counts
@@ -52,6 +59,7 @@ __all__ = [
     "register_sampler",
     "run_study",
     "sampler_names",
+    "score_saved",
     "status_counts",
     "study_from_dict",
     "suggest",

@@ -24,7 +24,7 @@ from presso import __version__
 from presso.errors import PressoError
 from presso.search._config import StudyConfig
 from presso.search._observer import StudyObserver
-from presso.search._records import MODULES_KEY, STUDY_ATTR, modules_info, row_from_trial, study_info
+from presso.search._records import MODULES_KEY, SIZE_KEY, STUDY_ATTR, modules_info, row_from_trial, study_info
 from presso.search._samplers import make_sampler
 from presso.search._storage import heartbeat, open_storage, redact
 from presso.search.optuna_space import suggest
@@ -77,6 +77,8 @@ def open_study(config: StudyConfig, storage, evaluator):
         # With space and model, rebuilds every trial's plan from its parameters (_records.plan_source).
         MODULES_KEY: modules_info(evaluator.module_names, evaluator.embedding_names),
     }
+    if getattr(evaluator, "size_terms", None):  # what size_bytes / dense_bytes count (status, pareto, MLflow say it)
+        info[SIZE_KEY] = dict(evaluator.size_terms)
     sampler = make_sampler(config.sampler, config.seed, len(evaluator.objective_specs))
     try:
         study = optuna.load_study(study_name=config.name, storage=storage, sampler=sampler)
@@ -202,6 +204,9 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
     observers = list(observers or [])
     notify = _Notifier(observers)
     notify("on_run_start", study, config)
+    dense_files = getattr(evaluator, "dense_files", dict)()
+    if dense_files:
+        notify("on_files", study, None, dense_files)
     budget = _Budget(study, config.trials)
     ran_here, interrupted, status = 0, False, "FINISHED"
     bar = StudyProgress(config.trials, enabled=progress, objective_names=[s.name for s in evaluator.objective_specs])
@@ -221,9 +226,11 @@ def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = No
                     trial.set_user_attr("cancelled", "budget already filled by other trials")
                     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
                     continue
-                frozen = _run_trial(study, storage, trial, evaluator, config)
+                frozen, files = _run_trial(study, storage, trial, evaluator, config)
                 ran_here += 1
                 bar.trial_done(row_from_trial(frozen))
+                if files:
+                    notify("on_files", study, frozen.number, files)
                 notify("on_trial_end", study, frozen)
     except KeyboardInterrupt:
         interrupted, status = True, "KILLED"
@@ -281,7 +288,7 @@ def _interrupts_deferred():
 
 def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
     """Run one trial and tell the store; an error fails this trial alone, an interrupt marks it
-    for a retry and propagates."""
+    for a retry and propagates. Returns the stored trial and its ``Outcome.files``."""
     started = time.perf_counter()
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     try:
@@ -297,12 +304,13 @@ def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
         reason = failure_reason(exc)
         del exc  # its traceback holds the failed trial's tensors
         _release_memory()
-        return tell_failure(study, trial, reason, started)
+        return tell_failure(study, trial, reason, started), {}
     if getattr(outcome, "fidelity", "full") == "low":
-        return tell_low_fidelity(study, trial, outcome, getattr(promoter, "decision", {}), started)
+        return tell_low_fidelity(study, trial, outcome, getattr(promoter, "decision", {}), started), {}
     if getattr(outcome, "low_values", None) is not None:
         trial.set_user_attr("low_values", outcome.low_values)
-    return tell_outcome(study, trial, outcome, evaluator.objective_specs, evaluator.constraints, started)
+    frozen = tell_outcome(study, trial, outcome, evaluator.objective_specs, evaluator.constraints, started)
+    return frozen, getattr(outcome, "files", {})
 
 
 def _promoter(study, trial, evaluator, config: StudyConfig):
@@ -395,7 +403,7 @@ class _Notifier:
 
     def __call__(self, hook: str, *args):
         for index, observer in enumerate(self.observers):
-            if index in self.broken:
+            if index in self.broken or not hasattr(observer, hook):  # hooks are optional
                 continue
             try:
                 getattr(observer, hook)(*args)

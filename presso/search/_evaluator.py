@@ -31,6 +31,9 @@ class Outcome:
     With multi-fidelity, ``low_values`` holds the values measured on the short text first and
     ``fidelity`` says which text ``values`` come from: ``"full"``, or ``"low"`` when the plan
     was not promoted (then ``values`` equals ``low_values``).
+
+    ``files`` are text files for the trial's MLflow run (the classification report of a task
+    model), never stored in the study: they go to observers through ``on_files``.
     """
 
     values: dict[str, float]
@@ -38,6 +41,7 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     fidelity: str = "full"
     low_values: dict[str, float] | None = None
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def default_objectives(task: str) -> tuple[str, ...]:
@@ -256,6 +260,7 @@ class Evaluator:
         self.embedding_names = list(embedding_modules(self.loaded.model))
         self.bound = self.space.bind(self.module_names, exact_names=self.embedding_names)
         self.target = get_target(config.target)
+        self.size_terms = size_terms_for(self.target, self.loaded.model)
         check_space_for_target(self.bound, self.loaded.model, self.target)
         self.objectives = _objectives_for(config.objectives, self.loaded.task)
         self.objective_specs = [
@@ -299,7 +304,7 @@ class Evaluator:
         Raises:
             PressoError: the plan does not fit the model, or an objective is not finite.
         """
-        from presso.objectives import TrialContext, measure_all
+        from presso.objectives import TrialContext, measure_all, trial_report_files
         from presso.objectives._kernel_latency import COMPRESSION_KEY
 
         if fidelity not in ("full", "low"):
@@ -324,11 +329,19 @@ class Evaluator:
             trial = TrialContext(number=number, size_bytes=size.file_bytes, dense_bytes=size.dense_bytes)
             trial.cache[COMPRESSION_KEY] = result
             values = measure_all(self.objectives, model, self.context, trial)
+            files = trial_report_files(self.context, trial)
             timings["evaluate_s"] = time.perf_counter() - started + timings.get("low_evaluate_s", 0.0)
         finally:
             del model
         return Outcome(values={k: float(v) for k, v in values.items()}, metrics=size_metrics(result, size),
-                       timings=_with_parts(timings, result), low_values=low_values)
+                       timings=_with_parts(timings, result), low_values=low_values, files=files)
+
+    def dense_files(self) -> dict[str, str]:
+        """Text files about the uncompressed model for the invocation's MLflow run: its
+        classification report (task models, from the predictions ``prepare`` made), else ``{}``."""
+        from presso.objectives import dense_report_files
+
+        return {f"uncompressed/{name}": text for name, text in dense_report_files(self.context).items()}
 
 
 def _with_parts(timings: dict, result) -> dict:
@@ -350,6 +363,23 @@ def dense_nbytes(model) -> int:
 
     unique, _ = unique_state(model)
     return sum(t.numel() * t.element_size() for t in unique.values())
+
+
+def dtype_label(model) -> str:
+    """The dense model's weight type in words (``fp32``; ``fp32/fp16`` when mixed)."""
+    import torch
+
+    short = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
+    kinds = {short.get(p.dtype, str(p.dtype).removeprefix("torch.")) for p in model.parameters() if p.is_floating_point()}
+    return "/".join(sorted(kinds)) or "fp32"
+
+
+def size_terms_for(target, model) -> dict[str, str]:
+    """What ``size_bytes`` and ``dense_bytes`` count for ``target`` and this dense model (see
+    :func:`presso.targets.size_line`); stored with the study as ``size``."""
+    from presso.targets._base import size_terms
+
+    return size_terms(target, dtype_label(model))
 
 
 METRIC_NAMES = ("size_bytes", "dense_bytes", "covered_fraction", "mean_bits", "mean_sparsity")
@@ -409,10 +439,19 @@ def size_metrics(result, size=None) -> dict[str, float]:
 
 @dataclass
 class ApplyReport:
+    """What ``presso apply`` wrote: the counted file's predicted and measured bytes, the dense
+    bytes (``size_fraction``'s denominator), what both count, and the other files' bytes."""
+
     predicted_bytes: int
     on_disk_bytes: int
     dense_bytes: int
     target: str = "presso"
+    size_terms: dict[str, str] = field(default_factory=dict)
+    other_files_bytes: int = 0
+
+    @property
+    def size_fraction(self) -> float:
+        return self.on_disk_bytes / self.dense_bytes
 
 
 def apply_plan(plan, out_dir, *, model: str | None = None, config: StudyConfig | None = None,
@@ -440,7 +479,20 @@ def apply_plan(plan, out_dir, *, model: str | None = None, config: StudyConfig |
     compressed, result = assets.compress(plan)
     saved = writer.write(compressed, result, loaded.tokenizer, out, force=force)
     return ApplyReport(predicted_bytes=saved.predicted_bytes, on_disk_bytes=saved.on_disk_bytes,
-                       dense_bytes=target_size(writer, compressed, result).dense_bytes, target=writer.name)
+                       dense_bytes=target_size(writer, compressed, result).dense_bytes, target=writer.name,
+                       size_terms=size_terms_for(writer, loaded.model),
+                       other_files_bytes=sum(saved.files.values()) - saved.on_disk_bytes)
+
+
+@dataclass
+class SavedEvaluation:
+    """A saved model scored like a trial: ``values`` (the study's objectives), ``reports``
+    (``{"compressed", "uncompressed"}`` classification reports, when asked) and ``size``
+    (:func:`presso.targets.size_line`: the counted file's bytes over the dense bytes)."""
+
+    values: dict[str, float]
+    size: str
+    reports: dict[str, dict] | None = None
 
 
 def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str = "cpu") -> dict[str, float]:
@@ -449,7 +501,7 @@ def evaluate_saved(directory, *, config: StudyConfig | None = None, device: str 
     The dense model named in the saved plan provides the reference outputs; sizes are read
     from the files on disk. Checksums are verified on load.
     """
-    return _evaluate_saved(directory, config=config, device=device)[0]
+    return score_saved(directory, config=config, device=device).values
 
 
 def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
@@ -464,9 +516,18 @@ def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
     Raises:
         PressoError: the model has no classification head or the study gives no labelled set.
     """
+    scored = score_saved(directory, config=config, device=device, report=True)
+    return scored.values, scored.reports
+
+
+def score_saved(directory, *, config: StudyConfig | None = None, device: str = "cpu",
+                report: bool = False) -> SavedEvaluation:
+    """:func:`evaluate_saved` (with ``report``: :func:`evaluate_saved_report`) and the size line."""
     from presso.objectives import predict, task_report
 
-    values, model, context = _evaluate_saved(directory, config=config, device=device)
+    values, model, context, size = _evaluate_saved(directory, config=config, device=device)
+    if not report:
+        return SavedEvaluation(values, size)
     if context.task.value not in ("sequence-classification", "token-classification") or context.labelled is None:
         raise PressoError(
             f"evaluate --report: needs a model with a classification head and a labelled set (study eval.labels); "
@@ -480,13 +541,14 @@ def evaluate_saved_report(directory, *, config: StudyConfig | None = None,
     for which, labels in (("compressed", predicted), ("uncompressed", dense)):
         text, table = task_report(gold, labels, context.task)
         reports[which] = {"text": text, "table": table}
-    return values, reports
+    return SavedEvaluation(values, size, reports)
 
 
 def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
     from presso.compress import load_compressed
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
+    from presso.targets._base import size_line
 
     runtime_target = _runtime_target(Path(directory))
     if runtime_target is not None:
@@ -505,7 +567,8 @@ def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
     weights = Path(directory) / "model.safetensors"
     trial = TrialContext(size_bytes=weights.stat().st_size, dense_bytes=dense_nbytes(dense.model))
     values = measure_all(objectives, model, context, trial)
-    return {k: float(v) for k, v in values.items()}, model, context
+    size = size_line(trial.size_bytes, trial.dense_bytes, size_terms_for(_presso_target(), dense.model))
+    return {k: float(v) for k, v in values.items()}, model, context, size
 
 
 def _runtime_target(path: Path) -> str | None:
@@ -529,6 +592,7 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
     from presso.targets import get_target
+    from presso.targets._base import size_line
 
     if config is None:
         raise PressoError(f"evaluate: {str(path)!r} is a {target_name} model; pass --study-file "
@@ -547,4 +611,5 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
         size = (path / "model.safetensors").stat().st_size
     trial = TrialContext(size_bytes=size, dense_bytes=target.dense_bytes(dense.model))
     values = measure_all(objectives, runtime, context, trial)
-    return {k: float(v) for k, v in values.items()}, runtime, context
+    line = size_line(trial.size_bytes, trial.dense_bytes, size_terms_for(target, dense.model))
+    return {k: float(v) for k, v in values.items()}, runtime, context, line

@@ -10,6 +10,10 @@ Study user attribute ``"presso"`` (set when the study is created)::
      "space_fingerprint": "sha256...", "eval": {...}, "sampler": "evo", "trials": 30, "seed": 0,
      "modules": {"exact": ["model.embed_tokens"], "blocks": ["model.layers.0.self_attn.q_proj", ...]}}
 
+``size`` (``{"counts": ..., "dense": ...}``) says in words what the trials' ``size_bytes`` and
+``dense_bytes`` count (the target's file; the dense weights and their type), for every place
+that prints a size (:func:`size_note`).
+
 ``modules`` are the names the space was bound to (``SearchSpace.bind``); with ``space`` and
 ``model`` they rebuild any trial's plan from its parameters (:func:`plan_source`), so a trial
 does not store its plan (a SmolLM2 plan is about 40 KB, the parameters a few hundred bytes).
@@ -42,6 +46,8 @@ from typing import Callable
 
 STUDY_ATTR = "presso"
 MODULES_KEY = "modules"
+SIZE_KEY = "size"
+_OLD_SIZE_TERMS = {"counts": "the weights file", "dense": "the dense weights"}  # studies stored before ``size``
 
 
 @dataclass
@@ -126,6 +132,17 @@ def objective_names(study) -> list[str]:
 
 def objective_directions(study) -> list[str]:
     return [o["direction"] for o in study_info(study).get("objectives", [])]
+
+
+def size_note(info: dict, rows: list[TrialRow]) -> str | None:
+    """One line saying what ``size_bytes`` / ``size_fraction`` count, with the dense bytes of
+    ``rows`` (the same for every trial of a study); None when no row has sizes."""
+    dense = next((r.metrics["dense_bytes"] for r in rows if r.metrics.get("dense_bytes")), None)
+    if dense is None:
+        return None
+    terms = info.get(SIZE_KEY) or _OLD_SIZE_TERMS
+    return (f"size_bytes: {terms['counts']}; size_fraction = size_bytes / {int(dense):,} bytes, "
+            f"{terms['dense']}")
 
 
 def modules_info(bound_names: list[str], exact_names: list[str]) -> dict:

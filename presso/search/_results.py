@@ -13,7 +13,7 @@ from collections import Counter
 
 from presso.errors import PressoError
 from presso.search._index import StudyIndex, full_rows
-from presso.search._records import objective_names
+from presso.search._records import objective_names, size_note, study_info
 
 _STATES = ("COMPLETE", "FAIL", "RUNNING", "WAITING", "PRUNED")
 FORMATS = ("table", "json", "csv")
@@ -91,7 +91,8 @@ def pareto_table(study, fmt: str = "table", index: StudyIndex | None = None) -> 
         table.add_row(str(r.number), *(f"{r.values[n]:.5g}" for n in names), _plan_summary(r.plan))
     console = Console(file=io.StringIO(), width=140, force_terminal=False)
     console.print(table)
-    return console.file.getvalue().rstrip("\n")
+    note = size_note(study_info(study), front) if any(n.startswith("size") for n in names) else None
+    return console.file.getvalue().rstrip("\n") + (f"\n{note}" if note else "")
 
 
 def export_plan(study, rule_text: str, output: str, force: bool = False):

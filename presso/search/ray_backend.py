@@ -74,7 +74,8 @@ class TrialWorker:
     def describe(self) -> dict:
         ev = self.evaluator
         return {"where": self.where, "module_names": ev.module_names, "embedding_names": ev.embedding_names,
-                "objective_specs": ev.objective_specs, "device": ev.device, "setup_s": ev.setup_s}
+                "objective_specs": ev.objective_specs, "device": ev.device, "setup_s": ev.setup_s,
+                "dense_files": ev.dense_files(), "size_terms": ev.size_terms}
 
     def evaluate(self, plan, number: int) -> dict:
         started = time.perf_counter()
@@ -84,7 +85,7 @@ class TrialWorker:
             failure = failure_reason(exc)
         else:
             return {"ok": True, "values": outcome.values, "metrics": outcome.metrics, "timings": outcome.timings,
-                    "where": self.where}
+                    "files": outcome.files, "where": self.where}
         # NOTE: outside the except block, where the traceback (and the failed trial's tensors it
         # holds) is gone, so the cache can really be released before the next plan.
         _release_accelerator_memory()
@@ -113,6 +114,8 @@ class _DriverView:
         self.module_names, self.embedding_names = description["module_names"], description["embedding_names"]
         self.bound = space.bind(self.module_names, exact_names=self.embedding_names)
         self.objective_specs = list(description["objective_specs"])
+        self.dense_files = dict(description.get("dense_files") or {})
+        self.size_terms = dict(description.get("size_terms") or {})
         known = [*config.objectives, *METRIC_NAMES]
         self.constraints = [parse_constraint(text, known=known) for text in config.constraints]
 
@@ -323,6 +326,8 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
         if created:
             _enqueue_warm_start(study, _seeding_config(config), view)
         notify("on_run_start", study, config)
+        if view.dense_files:
+            notify("on_files", study, None, view.dense_files)
         budget = _Budget(study, config.trials)
         idle = list(pool.slots)
         bar = StudyProgress(config.trials, enabled=progress, objective_names=[s.name for s in view.objective_specs])
@@ -362,13 +367,15 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
                 for ref in ready:
                     item = inflight.pop(ref)
                     beats.discard(item.trial._trial_id)
-                    frozen, slot = _finish(study, pool, item, ref, view)
+                    frozen, slot, files = _finish(study, pool, item, ref, view)
                     idle.append(slot)
                     if frozen is not None:
                         row = row_from_trial(frozen)
                         if row.counted:
                             ran_here += 1
                             bar.trial_done(row)
+                        if files:
+                            notify("on_files", study, frozen.number, files)
                         notify("on_trial_end", study, frozen)
     except KeyboardInterrupt:
         interrupted, status = True, "KILLED"
@@ -391,7 +398,7 @@ def run_study_ray(config: StudyConfig, *, observers: list[StudyObserver] | None 
 
 
 def _finish(study, pool: _ActorPool, item: _InFlight, ref, view: _DriverView):
-    """Tell one finished trial; returns ``(frozen trial, slot to reuse)``."""
+    """Tell one finished trial; returns ``(frozen trial, slot to reuse, Outcome.files)``."""
     import ray
 
     from presso.search._evaluator import Outcome
@@ -407,17 +414,18 @@ def _finish(study, pool: _ActorPool, item: _InFlight, ref, view: _DriverView):
         reason = f"the Ray worker died during this trial: {_short(exc, 200)}"
         fresh = pool.replace(item.slot)
         if lost + 1 >= MAX_LOST_RETRIES:
-            return tell_failure(study, trial, f"{reason} ({lost + 1} times for this plan)", item.started), fresh
+            return tell_failure(study, trial, f"{reason} ({lost + 1} times for this plan)", item.started), fresh, {}
         tell_retry(study, trial, "lost", reason + "; it is retried", {"lost_retries": lost + 1})
-        return study._storage.get_trial(trial._trial_id), fresh
+        return study._storage.get_trial(trial._trial_id), fresh, {}
     except ray.exceptions.RayError as exc:
-        return tell_failure(study, trial, _short(exc, 500), item.started), item.slot
+        return tell_failure(study, trial, _short(exc, 500), item.started), item.slot, {}
     item.slot.where = result["where"]
     if not result["ok"]:
         frozen = tell_failure(study, trial, result["failure"], item.started)
-        return frozen, item.slot
+        return frozen, item.slot, {}
     outcome = Outcome(values=result["values"], metrics=result["metrics"], timings=result["timings"])
-    return tell_outcome(study, trial, outcome, view.objective_specs, view.constraints, item.started), item.slot
+    frozen = tell_outcome(study, trial, outcome, view.objective_specs, view.constraints, item.started)
+    return frozen, item.slot, dict(result.get("files") or {})
 
 
 def _seeding_config(config: StudyConfig) -> StudyConfig:

@@ -56,6 +56,33 @@ class _Worker:
         return self.proc is not None and self.proc.poll() is None
 
 
+class _FileDrop(StudyObserver):
+    """In a worker: leaves ``on_files`` (classification reports) in a folder as JSON
+    (``run.json``, ``trial_<n>.json``) for the parent, which hands them to its observers."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def on_files(self, study, trial_number, files) -> None:
+        name = "run.json" if trial_number is None else f"trial_{trial_number}.json"
+        tmp = self.folder / f".{name}.{os.getpid()}"
+        tmp.write_text(json.dumps(files))
+        os.replace(tmp, self.folder / name)  # the parent never reads half a file
+
+
+def _deliver_files(folder: Path, study, notify, run_sent: bool) -> bool:
+    """Hand the files the workers left to the observers (each once); True once ``run.json`` went."""
+    for path in sorted(folder.glob("*.json")):
+        if path.name == "run.json":
+            if not run_sent:
+                notify("on_files", study, None, json.loads(path.read_text()))
+                run_sent = True
+            continue
+        notify("on_files", study, int(path.stem.removeprefix("trial_")), json.loads(path.read_text()))
+        path.unlink()
+    return run_sent
+
+
 class _WorkerPool:
     """Starts, watches, restarts and stops the worker processes."""
 
@@ -67,6 +94,8 @@ class _WorkerPool:
         data = replace(config, workers=1, backend="local").to_dict()
         self.config_path.write_text(json.dumps({"study": data, "base_dir": str(Path(config.base_dir).resolve())}))
         self.workers = [_Worker(i, log_dir / f"worker-{i}.log") for i in range(config.workers)]
+        self.files_dir = log_dir / "files"
+        self.files_dir.mkdir()
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -78,7 +107,7 @@ class _WorkerPool:
 
     def start(self, worker: _Worker) -> None:
         command = [sys.executable, "-m", "presso.search.workers", "--config", str(self.config_path),
-                   "--parent", str(os.getpid()), "--index", str(worker.index)]
+                   "--parent", str(os.getpid()), "--index", str(worker.index), "--files", str(self.files_dir)]
         with open(worker.log, "ab") as log:
             worker.proc = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=self._env(),
@@ -204,11 +233,12 @@ def run_study_workers(config: StudyConfig, *, observers: list[StudyObserver] | N
         study = _wait_for_study(config.name, storage, pool)
         notify("on_run_start", study, config)
         bar = StudyProgress(config.trials, enabled=progress, objective_names=objective_names(study))
-        counted = 0
+        counted, run_files_sent = 0, False
         with bar:
             while True:
                 pool.check(lambda: counted >= config.trials)  # restart a worker that died
                 alive = pool.any_alive()
+                run_files_sent = _deliver_files(pool.files_dir, study, notify, run_files_sent)
                 optuna.storages.fail_stale_trials(study)
                 trials = study.get_trials(deepcopy=False)
                 rows = [row_from_trial(t) for t in trials]
@@ -312,6 +342,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="the study as JSON (written by the parent)")
     parser.add_argument("--parent", type=int, required=True, help="the parent's pid (stop when it dies)")
     parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--files", help="where to leave on_files output for the parent")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_once)
     signal.signal(signal.SIGINT, _stop_once)
@@ -322,7 +353,7 @@ def _worker_main(argv: list[str] | None = None) -> int:
 
         data = json.loads(Path(args.config).read_text())
         config = study_from_dict(data["study"], base_dir=data["base_dir"])
-        summary = run_study(config, progress=False)
+        summary = run_study(config, progress=False, observers=[_FileDrop(Path(args.files))] if args.files else None)
     except PressoError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return EXIT_USAGE

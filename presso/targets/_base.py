@@ -10,7 +10,9 @@ A target answers five questions for the search and for ``presso apply``:
 * the exact bytes of the file it writes, predicted before anything is written
   (:meth:`Target.predict_bytes`; the size objectives read it);
 * how to write that file (:meth:`Target.write`);
-* how to load it back in the runtime (:meth:`Target.load`).
+* how to load it back in the runtime (:meth:`Target.load`);
+* which kernel (or fallback) the runtime multiplies each weight with (:meth:`Target.kernels`;
+  a trial stores the counts, MLflow the per-module table).
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ class Target(Protocol):
     runtime: str
     """Who loads the output, in words (``llama.cpp (llama-cpp-python)``)."""
 
+    size_counts: str
+    """What ``size_bytes`` counts, in words (``model.safetensors (weights and header)``)."""
+
+    dense_counts: str
+    """What ``dense_bytes``, the denominator of ``size_fraction``, counts; ``{dtype}`` is the dense
+    model's weight type (``the dense {dtype} weights ...``)."""
+
     def check_plan(self, model, plan) -> None:
         """Raise :class:`PressoError` if a module's choice is not storable in this target."""
 
@@ -58,3 +67,28 @@ class Target(Protocol):
 
     def load(self, path: Path, **kwargs: Any):
         """Load ``path`` in the target's runtime (the object the runtime hands back)."""
+
+    def kernels(self, model, result) -> dict[str, str]:
+        """``{module: kernel}``: what the runtime computes each weight matrix with, in words."""
+
+
+def kernel_counts(kernels: dict[str, str]) -> dict[str, int]:
+    """How many modules run each kernel: the compact form a trial stores."""
+    counts: dict[str, int] = {}
+    for kernel in kernels.values():
+        counts[kernel] = counts.get(kernel, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def size_terms(target, dtype: str) -> dict[str, str]:
+    """``{"counts", "dense"}``: what a study's ``size_bytes`` and ``dense_bytes`` count under
+    ``target``, with the dense model's weight type (``fp32``) filled in."""
+    return {"counts": target.size_counts, "dense": target.dense_counts.format(dtype=dtype)}
+
+
+def size_line(size_bytes: int, dense_bytes: int, terms: dict[str, str]) -> str:
+    """The one way Presso prints a size: ``model.safetensors (weights and header): 3,456,789
+    bytes = 0.13022 of the dense fp32 weights (...: 26,543,210 bytes)``. ``size_fraction`` is the
+    same quotient, printed with the same digits."""
+    return (f"{terms['counts']}: {size_bytes:,} bytes = {size_bytes / dense_bytes:.5g} of "
+            f"{terms['dense']}: {dense_bytes:,} bytes")

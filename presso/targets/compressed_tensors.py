@@ -98,6 +98,8 @@ class CompressedTensorsTarget:
 
     name = "compressed-tensors"
     runtime = "vLLM (vllm serve DIR) and transformers (from_pretrained)"
+    size_counts = "model.safetensors (weights and header)"
+    dense_counts = "the dense {dtype} weights (all tensors of the uncompressed model, tied ones once)"
 
     def __init__(self, *, asymmetric: bool = False):
         # asymmetric=True writes zero points too (vLLM's layout); see the NOTE on _NO_ZERO_POINTS.
@@ -286,6 +288,23 @@ class CompressedTensorsTarget:
         causal = any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in (config.architectures or []))
         cls = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
         return cls.from_pretrained(str(path), local_files_only=True, **kwargs).eval()
+
+    def kernels(self, model: nn.Module, result) -> dict[str, str]:
+        """What transformers runs: it decompresses the packed weights once, on the first forward.
+
+        vLLM picks its own WNA16 kernel per layer when it loads the folder (Marlin, Machete,
+        Exllama, ... by GPU and shape) and logs it; that choice is made on the GPU host.
+        """
+        mods = self._quantized(model, result)
+        kernels = {}
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Linear):
+                continue
+            rec = mods.get(name)
+            kernels[name] = ("torch dense matmul (unquantized, in ignore)" if rec is None else
+                             f"torch dense matmul on {_format_name((rec.bits, rec.group_size, rec.symmetric))} "
+                             "decompressed by compressed-tensors at the first forward")
+        return kernels
 
 
 # safetensors header metadata, as save_pretrained writes it (vLLM and transformers read "format").

@@ -98,6 +98,8 @@ class GGUFTarget:
 
     name = "gguf"
     runtime = "llama.cpp (llama-cpp-python)"
+    size_counts = "the .gguf file (weights, header, embedded tokenizer)"
+    dense_counts = "the same model as an all-F32 .gguf file"
     suffix = ".gguf"
 
     def offered_formats(self, in_features: int) -> list[str]:
@@ -176,3 +178,9 @@ class GGUFTarget:
         if runtime_of(gguf_architecture(Path(path))) == EMBEDDING:
             return LlamaCppEncoder(Path(path), **kwargs)
         return LlamaCppCausalLM(Path(path), **kwargs)
+
+    def kernels(self, model, result) -> dict[str, str]:
+        """ggml's CPU kernel per weight (repacked GEMM or vec_dot), as llama.cpp picks it here."""
+        from presso.targets._ggml_kernels import layer_kernels
+
+        return layer_kernels(model, result)

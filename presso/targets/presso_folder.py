@@ -27,6 +27,8 @@ class PressoTarget:
 
     name = "presso"
     runtime = "Presso (presso.compress.load_compressed)"
+    size_counts = "model.safetensors (weights and header)"
+    dense_counts = "the dense {dtype} weights (all tensors of the uncompressed model, tied ones once)"
 
     def check_plan(self, model, plan) -> None:
         """Every plan the compression engine accepts is storable, except ggml formats (target gguf)."""
@@ -63,3 +65,10 @@ class PressoTarget:
         from presso.compress import load_compressed
 
         return load_compressed(path, **kwargs)
+
+    def kernels(self, model, result) -> dict[str, str]:
+        """:func:`load_compressed` rebuilds every weight in fp32: all run torch's dense matmul."""
+        from torch import nn
+
+        return {name: "torch dense matmul (rebuilt by load_compressed)" for name, m in model.named_modules()
+                if isinstance(m, nn.Linear)}

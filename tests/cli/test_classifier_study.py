@@ -32,7 +32,11 @@ def test_classifier_example_reproduces_accuracy_and_f1(tmp_path, monkeypatch, ca
     recorded = next(r for r in front if r["number"] == number)["values"]
     assert recorded["accuracy_drop"] <= 0.01 and recorded["size_fraction"] < 0.5
 
-    assert run_cli(capsys, "apply", "plan.yaml", "--out", "out", "--study-file", str(EXAMPLE))[0] == 0
+    code, out, err = run_cli(capsys, "apply", "plan.yaml", "--out", "out", "--study-file", str(EXAMPLE))
+    assert code == 0, err
+    metrics = next(r for r in front if r["number"] == number)["metrics"]
+    assert (f"model.safetensors (weights and header): {int(metrics['size_bytes']):,} bytes = "
+            f"{recorded['size_fraction']:.5g} of the dense fp32 weights") in out  # the trial's size, said once
     code, out, err = run_cli(capsys, "evaluate", "out", "--study-file", str(EXAMPLE), "--report", "--format", "json")
     assert code == 0, err
     result = json.loads(out)
@@ -41,3 +45,17 @@ def test_classifier_example_reproduces_accuracy_and_f1(tmp_path, monkeypatch, ca
     assert compressed["macro avg"]["f1-score"] == pytest.approx(recorded["f1_macro"])
     assert dense["accuracy"] - compressed["accuracy"] == pytest.approx(recorded["accuracy_drop"])
     assert dense["alt.atheism"]["support"] == dense["sci.space"]["support"] == 50.0
+
+    # the same reports in MLflow, made from the trial's own predictions
+    from mlflow import MlflowClient
+
+    client = MlflowClient("sqlite:///presso-runs/mlflow.db")
+    experiment = client.get_experiment_by_name("classifier-demo").experiment_id
+    (run,) = client.search_runs([experiment], f"tags.`presso.trial_number` = '{number}'")
+    (parent,) = client.search_runs([experiment], "tags.`presso.kind` = 'study-run'")
+
+    def artifact(run_id, name):
+        return json.loads(Path(client.download_artifacts(run_id, name, str(tmp_path))).read_text())
+
+    assert artifact(run.info.run_id, "classification_report.json") == compressed
+    assert artifact(parent.info.run_id, "uncompressed/classification_report.json") == dense

@@ -76,12 +76,20 @@ def test_export_apply_evaluate_reproduce_the_trial(finished_study, workdir, caps
 
     code, out, err = run_cli(capsys, "apply", "plan.yaml", "--out", "model-out", "--study-file", finished_study)
     assert code == 0, err
-    assert "predicted" in out and "on disk" in out
+    # one size number: the apply line counts what the trial's size_bytes / dense_bytes count
+    size, dense = int(recorded["metrics"]["size_bytes"]), int(recorded["metrics"]["dense_bytes"])
+    said = (f"model.safetensors (weights and header): {size:,} bytes = {recorded['values']['size_fraction']:.5g} "
+            f"of the dense fp32 weights (all tensors of the uncompressed model, tied ones once): {dense:,} bytes")
+    assert said in out and f"(predicted {size:,})" in out and "other files (tokenizer, config)" in out
+    assert (workdir / "model-out" / "model.safetensors").stat().st_size == size
 
     code, out, err = run_cli(capsys, "evaluate", "model-out", "--study-file", finished_study, "--format", "json")
     assert code == 0, err
     values = json.loads(out)
     assert values == recorded["values"]  # exactly: same weights, same data, same order
+    assert f"size: {said}" in run_cli(capsys, "evaluate", "model-out", "--study-file", finished_study)[1]
+    status = run_cli(capsys, "status", "--study", "tiny")[1]
+    assert f"size_fraction = size_bytes / {dense:,} bytes, the dense fp32 weights" in status
 
 
 def test_export_refuses_overwrite_and_unsatisfiable_rule(finished_study, capsys):

@@ -25,7 +25,8 @@ def study(tmp_path, monkeypatch, capsys):
     data = {
         "name": "ner", "model": "tiny:bert-token-cls", "space": "builtin:tiny",
         "objectives": ["f1_macro", "accuracy", "accuracy_drop", "size_fraction"],
-        "constraints": ["accuracy_drop <= 0.5"], "trials": 4, "device": "cpu", "tracking_uri": None,
+        "constraints": ["accuracy_drop <= 0.5"], "trials": 4, "device": "cpu",
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
         "eval": {"sequences": 4, "seq_len": 32, "labels": "ner.conll"},  # relative to the study file
     }
     path = tmp_path / "study.yaml"
@@ -54,6 +55,21 @@ def test_token_classification_study_reproduces_and_reports(study, capsys):
     assert compressed["macro avg"]["f1-score"] == pytest.approx(recorded["f1_macro"])
     assert dense["PER"]["support"] == 4.0
 
+    # the same reports in MLflow: on the exported (front) trial's run, the dense one on the parent run
+    from mlflow import MlflowClient
+
+    client = MlflowClient(yaml.safe_load(Path(study).read_text())["tracking_uri"])
+    experiment = client.get_experiment_by_name("ner").experiment_id
+    (trial_run,) = client.search_runs([experiment], f"tags.`presso.trial_number` = '{number}'")
+    (parent,) = client.search_runs([experiment], "tags.`presso.kind` = 'study-run'")
+
+    def artifact(run, name):
+        return Path(client.download_artifacts(run.info.run_id, name, str(Path(study).parent))).read_text()
+
+    assert json.loads(artifact(trial_run, "classification_report.json")) == compressed
+    assert "macro avg" in artifact(trial_run, "classification_report.txt")
+    assert json.loads(artifact(parent, "uncompressed/classification_report.json")) == dense
+
     code, out, err = run_cli(capsys, "evaluate", "model-out", "--study-file", study, "--report")
     assert code == 0, err
     header = next(line for line in out.splitlines() if line.startswith("compressed ("))
@@ -63,7 +79,8 @@ def test_token_classification_study_reproduces_and_reports(study, capsys):
 
 def test_report_needs_a_task_model(study, capsys, tmp_path):
     data = yaml.safe_load(Path(study).read_text())
-    data.update(name="enc", model="tiny:bert", objectives=["embedding_cosine", "size_fraction"], constraints=[])
+    data.update(name="enc", model="tiny:bert", objectives=["embedding_cosine", "size_fraction"], constraints=[],
+                tracking_uri=None)
     data["eval"].pop("labels")
     enc = tmp_path / "enc.yaml"
     enc.write_text(yaml.safe_dump(data))

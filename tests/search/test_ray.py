@@ -124,7 +124,8 @@ def test_a_dead_ray_worker_loses_its_trial_for_a_retry_then_fails_the_plan(monke
     pool = _FakePool()
     for attempt in range(1, MAX_LOST_RETRIES + 1):
         trial = study.ask(distributions)
-        frozen, slot = _finish(study, pool, _InFlight(trial, _FakeSlot("old"), time.perf_counter()), "ref", None)
+        frozen, slot, files = _finish(study, pool, _InFlight(trial, _FakeSlot("old"), time.perf_counter()), "ref", None)
+        assert files == {}  # a lost trial has no report
         row = row_from_trial(frozen)
         assert slot.handle == f"fresh{attempt}" and frozen.params == {"x": 0.5}
         if attempt < MAX_LOST_RETRIES:

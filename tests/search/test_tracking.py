@@ -125,6 +125,9 @@ def test_tracker_mirrors_a_study(stores, tmp_path, tracking_db):
     config = StudyConfig(name="mirror", storage="postgresql://alice:s3cret@db.example/presso", tracking_uri=tracking_uri)
     tracker = MlflowTracker(tracking_uri, refresh_min_s=0)
     tracker.on_run_start(study, config)
+    tracker.on_files(study, None, {"uncompressed/report.txt": "dense"})
+    tracker.on_files(study, 0, {"report.txt": "front trial 0"})  # before its trial, as workers may hand it over
+    tracker.on_files(study, 5, {"report.txt": "dominated trial 5"})
     trials = _track(tracker, study, POINTS, failures=["CUDA out of memory"])
     tracker.on_run_end(study, "FINISHED")
 
@@ -165,6 +168,15 @@ def test_tracker_mirrors_a_study(stores, tmp_path, tracking_db):
 
     with open(path) as handle:
         assert plan_from_dict(yaml.safe_load(handle)) == plan_from_dict(trials[0].user_attrs["plan"])
+
+    # files handed over by on_files: on front trials' runs only, the invocation's on the parent
+    def text(run_id, name):
+        with open(client.download_artifacts(run_id, name, str(tmp_path / run_id))) as handle:
+            return handle.read()
+
+    assert text(ok.info.run_id, "report.txt") == "front trial 0"
+    assert "report.txt" not in {a.path for a in client.list_artifacts(children[5].info.run_id)}
+    assert text(parent.info.run_id, "uncompressed/report.txt") == "dense"
 
     names = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"pareto_front.html", "pareto_front.png", "pareto_front.csv", "study.yaml", "best_plans"} <= names
@@ -375,7 +387,7 @@ def test_front_artifacts_handle_three_objectives(tmp_path):
 
 def test_pareto_png_puts_size_on_x_goes_log_for_an_outlier_and_labels_do_not_overlap(tmp_path):
     from presso.search._records import TrialRow
-    from presso.search.tracking._plots import axis_scale, pareto_figure, write_png
+    from presso.search.tracking._plots import REFERENCE_LABEL, axis_scale, pareto_figure, references, write_png
 
     objectives = [{"name": "ppl_ratio", "direction": "minimize", "unit": "ratio"},
                   {"name": "size_fraction", "direction": "minimize", "unit": "fraction"}]
@@ -383,9 +395,17 @@ def test_pareto_png_puts_size_on_x_goes_log_for_an_outlier_and_labels_do_not_ove
     points = [(1.0 + 0.01 * i, 0.30 - 0.004 * i) for i in range(12)] + [(19.0, 0.1), (1.5, 0.6)]
     rows = [TrialRow(number=i, state="COMPLETE", values={"ppl_ratio": p, "size_fraction": s})
             for i, (p, s) in enumerate(points)]
+    rows[13].user_attrs = rows[2].user_attrs = {"seeded": "uniform"}  # warm-start uniform plans: references
     front = set(range(13))
     fig = pareto_figure("t", objectives, rows, front)
     ax = fig.axes[0]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert REFERENCE_LABEL in legend and "Pareto front" in legend
+    (refs,) = [c for c in ax.collections if c.get_label() == REFERENCE_LABEL]
+    assert sorted(map(tuple, refs.get_offsets().tolist())) == [(points[2][1], points[2][0]), (0.6, 1.5)]
+    everyone_uniform = [TrialRow(number=r.number, state="COMPLETE", values=r.values, user_attrs={"seeded": "uniform"})
+                        for r in rows]
+    assert references(everyone_uniform) == []  # the uniform sampler: nothing to set apart
     assert ax.get_xlabel().startswith("size_fraction") and ax.get_ylabel().startswith("ppl_ratio")
     assert ax.get_yscale() == "log" and ax.get_xscale() == "linear"
     renderer = fig.canvas.get_renderer()

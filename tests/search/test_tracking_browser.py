@@ -17,7 +17,7 @@ import pytest
 optuna = pytest.importorskip("optuna")
 pytest.importorskip("mlflow")
 
-from presso.search.tracking import MlflowTracker, experiment_url, run_url, spawn_ui  # noqa: E402
+from presso.search.tracking import MlflowTracker, experiment_url, run_url, spawn_ui, study_urls  # noqa: E402
 from presso.search.tracking._testing import add_trial, create_study  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -110,7 +110,7 @@ def test_mlflow_ui_shows_trials_front_filter_and_pareto_plot(tmp_path, browser, 
 
     backend = f"sqlite:///{tmp_path}/mlflow.db"
     study = create_study(f"sqlite:///{tmp_path}/studies.db", "browser-demo")
-    tracker = MlflowTracker(backend, refresh_min_s=0)
+    tracker = MlflowTracker(backend, refresh_min_s=0, flush_timeout_s=240)  # a new MLflow schema is slow on busy CPUs
     tracker.on_run_start(study, None)
     for i, point in enumerate(POINTS):
         tracker.on_trial_end(study, add_trial(study, *point, seed=i))
@@ -118,8 +118,12 @@ def test_mlflow_ui_shows_trials_front_filter_and_pareto_plot(tmp_path, browser, 
     experiment_id, parent_id = tracker.experiment_id, tracker.parent_run_id
 
     with spawn_ui(backend, log_path=tmp_path / "ui.log") as ui:
-        base = experiment_url(ui.url, experiment_id)
+        # The experiment's link as `presso ui` prints it opens the runs table (a row per run),
+        # not MLflow 3's GenAI overview (the page a click in MLflow's experiment list shows).
+        base = study_urls(backend, ui.url)["browser-demo"]
+        assert base == experiment_url(ui.url, experiment_id)
         shown = _open_runs(browser, base, "run 1")
+        assert "/runs" in browser.current_url and "No data available" not in browser.find_element(By.TAG_NAME, "body").text
         assert {f"trial {n}" for n in range(len(POINTS))} <= shown
         _shot(browser, tmp_path, "runs.png")
 

@@ -101,7 +101,10 @@ def test_server_killed_mid_study_then_sync_completes_mlflow(tmp_path, caplog, ca
 
 
 def test_start_ui_prints_the_url_and_stops_on_ctrl_c(tmp_path):
+    from mlflow import MlflowClient
+
     port = free_port()
+    experiment = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").create_experiment("s", tags={"presso.study": "s"})
     code = (
         "from presso.search.tracking import start_ui; "
         f"raise SystemExit(start_ui('sqlite:///{tmp_path}/mlflow.db', port={port}))"
@@ -114,10 +117,12 @@ def test_start_ui_prints_the_url_and_stops_on_ctrl_c(tmp_path):
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
-        while not any(f"MLflow UI: {url}" in line for line in lines):
+        link = f"runs of study 's': {url}/#/experiments/{experiment}/runs?workflowType=machine_learning"
+        while not any(link in line for line in lines):  # printed right after "MLflow UI: URL"
             assert process.poll() is None, "".join(lines)
             assert time.monotonic() < deadline, "".join(lines)
             time.sleep(0.2)
+        assert any(f"MLflow UI: {url}" in line for line in lines)
         with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
             assert response.status == 200
         process.send_signal(signal.SIGINT)

@@ -18,6 +18,7 @@ from presso.search.tracking._ui import (
     run_url,
     spawn_ui,
     start_ui,
+    study_urls,
     ui_url,
     wait_for_ui,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "run_url",
     "spawn_ui",
     "start_ui",
+    "study_urls",
     "sync_study",
     "ui_url",
     "wait_for_ui",

@@ -25,7 +25,8 @@ FAST_FAIL_ENV = {
 }
 ARTIFACTS_DIR = "mlartifacts"
 KIND_TAG = "mlflow.experimentKind"
-# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) pages, not the runs table.
+# MLflow 3 builds whose UI hides the GenAI / Model training switch pick an experiment's view by
+# this tag; 3.17 always shows the switch and reads the URL instead (see _ui.experiment_url).
 EXPERIMENT_TAGS = {KIND_TAG: "custom_model_development"}
 _SQLITE = re.compile(r"^sqlite:///(?P<path>.+)$")
 

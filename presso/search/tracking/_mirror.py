@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from presso.errors import PressoError
-from presso.search._records import STUDY_ATTR, pareto_rows, plan_source, row_from_trial, rows_of, study_info
+from presso.search._records import SIZE_KEY, STUDY_ATTR, pareto_rows, plan_source, row_from_trial, rows_of, study_info
 from presso.search._storage import redact
 from presso.search.tracking import _client
 from presso.search.tracking._plots import best_rows, write_study_artifacts
@@ -118,6 +118,8 @@ def parent_params(info: dict, config) -> dict[str, str]:
         flat["objectives"] = ", ".join(o["name"] for o in info.get("objectives", []))
         flat["constraints"] = ", ".join(info.get("constraints", []))
     flat["space_fingerprint"] = info.get("space_fingerprint", "")
+    for key, text in (info.get(SIZE_KEY) or {}).items():  # what size_bytes and dense_bytes count
+        flat[f"size.{key}"] = text
     out = {}
     for key, value in flat.items():
         text = "" if value is None else str(value)
@@ -305,6 +307,11 @@ class StudyMirror:
         self.client.set_terminated(child.run_id, payload.status, end_time=payload.end_ms)
         child.status, child.state, child.pareto = payload.status, row.state, payload.tags[PARETO_TAG]
         return result
+
+    def log_files(self, run_id: str, files: dict[str, str]) -> None:
+        """Text files (``{relative path: text}``) as artifacts of one run."""
+        for name, text in files.items():
+            self.client.log_text(run_id, text, name)
 
     def retag(self, front: set[int]) -> int:
         """Keep ``presso.pareto`` true exactly on the current front; returns runs re-tagged."""

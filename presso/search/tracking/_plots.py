@@ -8,6 +8,10 @@ objective its value against the trial number. A size objective (``size_*``) alwa
 the x axis and quality on y; an axis whose positive values span a factor of
 :data:`LOG_RANGE` or more is drawn in log scale, so one outlier (a ppl ratio of 19) does
 not squeeze the front into a corner. Front labels are placed so that they do not overlap.
+Reference plans (the warm start's uniform plans: user attribute ``seeded: uniform``) are
+circled in their own legend entry, so the front can be read against the stock recipes; a
+study whose trials are all uniform (the ``uniform`` sampler) has nothing to set them apart
+from and draws none.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ BEST_DIR = "best_plans"
 _FRONT_COLOR = "#d62728"
 _TRIAL_COLOR = "#7f7f7f"
 _VIOLATOR_COLOR = "#ff7f0e"
+_REFERENCE_COLOR = "#1f77b4"
+REFERENCE_LABEL = "uniform plans (reference)"
+REFERENCE_SOURCES = ("uniform",)
+"""Values of the ``seeded`` trial attribute that mark a reference plan."""
 LOG_RANGE = 10.0
 """An axis goes log scale when its values are all positive and max / min reaches this."""
 
@@ -38,6 +46,12 @@ def _plotted(rows: list[TrialRow], names: list[str]) -> list[TrialRow]:
         return all(isinstance(row.values.get(n), (int, float)) and math.isfinite(row.values[n]) for n in names)
 
     return [r for r in rows if r.state == "COMPLETE" and finite(r)]
+
+
+def references(shown: list[TrialRow]) -> list[TrialRow]:
+    """The reference plans among ``shown`` (none when every trial is one)."""
+    refs = [r for r in shown if r.user_attrs.get("seeded") in REFERENCE_SOURCES]
+    return refs if len(refs) < len(shown) else []
 
 
 def _label(objective: dict) -> str:
@@ -131,9 +145,12 @@ def write_html(path: Path, title: str, objectives: list[dict], rows: list[TrialR
     groups = {
         "trials": [r for r in shown if r.number not in front and r.feasible],
         "violates constraints": [r for r in shown if not r.feasible],
+        REFERENCE_LABEL: references(shown),
         "Pareto front": [r for r in shown if r.number in front],
     }
     styles = {
+        REFERENCE_LABEL: dict(mode="markers", marker=dict(color="rgba(0,0,0,0)", symbol="diamond", size=15,
+                                                          line=dict(color=_REFERENCE_COLOR, width=2))),
         "trials": dict(mode="markers", marker=dict(color=_TRIAL_COLOR, size=7), opacity=0.35),
         "violates constraints": dict(mode="markers", marker=dict(color=_VIOLATOR_COLOR, symbol="x", size=8), opacity=0.6),
         "Pareto front": dict(
@@ -145,6 +162,8 @@ def write_html(path: Path, title: str, objectives: list[dict], rows: list[TrialR
     for index, (x, y) in enumerate(panels):
         row, col = index // cols + 1, index % cols + 1
         for group, members in groups.items():
+            if group == REFERENCE_LABEL and not members:
+                continue
             if group == "Pareto front":
                 members = _sorted_front(members, x, y)
             xs, ys = _xy(members, x, y)
@@ -180,6 +199,7 @@ def pareto_figure(title: str, objectives: list[dict], rows: list[TrialRow], fron
     ok = [r for r in shown if r.number not in front and r.feasible]
     bad = [r for r in shown if not r.feasible]
     best = [r for r in shown if r.number in front]
+    refs = references(shown)
     labels = []
     for ax, (x, y) in zip(axes, panels):
         all_x, all_y = _xy(shown, x, y)
@@ -190,6 +210,9 @@ def pareto_figure(title: str, objectives: list[dict], rows: list[TrialRow], fron
             ax.scatter(*_xy(ok, x, y), s=22, color=_TRIAL_COLOR, alpha=0.35, label="trials")
         if bad:
             ax.scatter(*_xy(bad, x, y), s=30, color=_VIOLATOR_COLOR, alpha=0.6, marker="x", label="violates constraints")
+        if refs:  # hollow diamonds around the points: a reference on the front shows both
+            ax.scatter(*_xy(refs, x, y), s=110, facecolors="none", edgecolors=_REFERENCE_COLOR, linewidths=1.4,
+                       marker="D", zorder=4, label=REFERENCE_LABEL)
         if best:
             ordered = _sorted_front(best, x, y)
             xs, ys = _xy(ordered, x, y)

@@ -37,6 +37,10 @@ class MlflowTracker(StudyObserver):
     plan per objective, refreshed when the front moves (at most every ``refresh_min_s``) or
     every ``refresh_every`` trials, and at the end.
 
+    Files handed over by ``on_files`` (a task model's classification report, text and JSON)
+    go on the front trials' runs, and the uncompressed model's on the parent run under
+    ``uncompressed/``. They are not in the study store, so ``presso sync`` cannot backfill them.
+
     If the tracking store cannot be reached the study goes on: one warning is logged, the
     tracker retries every ``retry_s`` seconds and backfills what it missed once it is back, and
     :func:`~presso.search.tracking.sync_study` (``presso sync``) fills in anything still missing.
@@ -85,6 +89,9 @@ class MlflowTracker(StudyObserver):
         self._parent_id: str | None = None
         self._end: tuple[str, int] | None = None
         self._pending: dict[int, object] = {}
+        self._files: dict[int, dict[str, str]] = {}  # trial files waiting for the trial's run
+        self._run_files: dict[str, str] = {}
+        self._run_files_on: str | None = None  # the parent run that has them
         self._online = False
         self._resync = True
         self._retry_at = 0.0
@@ -101,6 +108,9 @@ class MlflowTracker(StudyObserver):
 
     def on_trial_end(self, study, trial) -> None:
         self._put(("trial", study, trial))
+
+    def on_files(self, study, trial_number, files) -> None:
+        self._put(("files", trial_number, dict(files)))
 
     def on_run_end(self, study, status: str) -> None:
         self._put(("end", study, status, _now_ms()))
@@ -168,6 +178,11 @@ class MlflowTracker(StudyObserver):
                     self._study = item[1]
                     self._pending[item[2].number] = item[2]
                     self._since_refresh += 1
+                elif kind == "files":
+                    if item[1] is None:
+                        self._run_files, self._run_files_on = item[2], None
+                    else:
+                        self._files[item[1]] = item[2]
                 elif kind == "end":
                     self._study, self._end = item[1], (item[2], item[3])
                 elif kind == "flush":
@@ -238,6 +253,7 @@ class MlflowTracker(StudyObserver):
                     raise
                 logger.warning("MLflow tracking: trial %d was not logged: %s", number, _client.short_reason(exc))
             del self._pending[number]
+        self._log_files(mirror, front)
         if resync and start is not None:
             mirror.sync(trials, by_number, front, SyncReport(mirror.experiment_id), default_parent=self._parent_id,
                         only=lambda t: not earlier(t))
@@ -264,6 +280,20 @@ class MlflowTracker(StudyObserver):
             status, end_ms = self._end
             mirror.finish_parent(self._parent_id, status, end_ms)
             self._end, self._start_ms = None, None
+
+    def _log_files(self, mirror: StudyMirror, front: set[int]) -> None:
+        """Attach the files of trials logged by now (front trials only: a trial off the front
+        never joins it later) and the invocation's files to its parent run."""
+        if self._run_files and self._parent_id is not None and self._run_files_on != self._parent_id:
+            mirror.log_files(self._parent_id, self._run_files)
+            self._run_files_on = self._parent_id
+        for number in sorted(self._files):
+            child = mirror.lookup(number, remote=False)
+            if child is None:
+                continue  # its trial has not been logged yet (workers may hand files over first)
+            if number in front:
+                mirror.log_files(child.run_id, self._files[number])
+            del self._files[number]
 
     def _went_offline(self, exc: BaseException) -> None:
         self._online = False

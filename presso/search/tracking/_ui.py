@@ -37,7 +37,11 @@ def ui_url(host: str = "127.0.0.1", port: int = 5000) -> str:
     return f"http://{host}:{port}"
 
 
-# MLflow 3's UI otherwise opens some pages in its GenAI (traces) layout.
+# NOTE: MLflow 3.17's UI always shows its GenAI / Model training switch and takes the view from
+# the URL's ``workflowType`` (else the browser's last choice, GenAI at first): an experiment
+# opened from its list lands on the GenAI overview ("Traces 0") whatever its tags say (checked in
+# its JS bundle: the ``mlflow.experimentKind`` tag is read only when the switch is off). So every
+# link Presso prints carries the parameter.
 _CLASSIC = "workflowType=machine_learning"
 
 
@@ -48,6 +52,13 @@ def experiment_url(base_url: str, experiment_id: str) -> str:
     'http://127.0.0.1:5000/#/experiments/1/runs?workflowType=machine_learning'
     """
     return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{_CLASSIC}"
+
+
+def study_urls(tracking_uri: str, base_url: str) -> dict[str, str]:
+    """``{study name: runs table URL}`` for every Presso study mirrored in the tracking store."""
+    client = _client.make_client(tracking_uri)
+    return {e.name: experiment_url(base_url, e.experiment_id)
+            for e in client.search_experiments(max_results=1000) if "presso.study" in e.tags}
 
 
 def run_url(base_url: str, experiment_id: str, run_id: str, tab: str | None = None) -> str:
@@ -224,8 +235,17 @@ def start_ui(tracking_uri: str | None = None, port: int = 5000, host: str = "127
     log_path = (log_dir.parent / "mlflow-ui.log") if log_dir is not None else None
     echo(f"Starting the MLflow UI over {redact(uri)} (log: {log_path or 'a temporary file'}) ...")
     server = spawn_ui(uri, port, host, log_path=log_path)
-    echo(f"MLflow UI: {server.url}  (Ctrl-C to stop)")
-    try:
+    try:  # NOTE: Ctrl-C from here on stops the server cleanly
+        try:
+            urls = study_urls(uri, server.url)
+        except Exception:  # noqa: BLE001 - the UI works without the links
+            urls = {}
+        echo(f"MLflow UI: {server.url}  (Ctrl-C to stop)")
+        for name, url in urls.items():
+            echo(f"  runs of study {name!r}: {url}")
+        if urls:
+            echo("  (opened from MLflow's experiment list, an experiment shows the GenAI overview; "
+                 "these links, or the sidebar's 'Model training' switch, show the runs)")
         return server.process.wait()
     except KeyboardInterrupt:
         server.stop()
