@@ -183,4 +183,6 @@ class GGUFTarget:
         """ggml's CPU kernel per weight (repacked GEMM or vec_dot), as llama.cpp picks it here."""
         from presso.targets._ggml_kernels import layer_kernels
 
-        return layer_kernels(model, result)
+        stored = {e.key.removesuffix(".weight") for e in layout(model).entries}
+        # NOTE: a module the file leaves out (BERT's pooler, as llama.cpp's converter does) runs no kernel.
+        return {name: k for name, k in layer_kernels(model, result).items() if name in stored or "(tied" in k}

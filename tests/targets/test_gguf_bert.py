@@ -85,6 +85,9 @@ def test_a_mixed_ggml_file_has_the_predicted_bytes_and_close_embeddings(tmp_path
     written = target.write(compressed, result, None, tmp_path / "mixed.gguf")
     assert written.on_disk_bytes == written.predicted_bytes
     assert written.predicted_bytes < 0.3 * target.dense_bytes(tiny_bert)
+    kernels = target.kernels(compressed, result)
+    assert "pooler.dense" not in kernels  # not in the file, so it runs nowhere
+    assert "q4_k" in kernels["encoder.layer.0.output.dense"] and "get_rows q5_1" in kernels["embeddings.word_embeddings"]
     batch = _batch()
     got = _embeddings(target.load(written.path, n_threads=1), batch)
     # llama.cpp rounds activations to 8 bits inside quantized matmuls: close, not identical.
