@@ -3,6 +3,7 @@ runtime loads the file and reproduces the trial (llama.cpp for gguf, transformer
 compressed-tensors), and the file has the trial's size_bytes to the byte."""
 
 import json
+import re
 
 import pytest
 import yaml
@@ -29,7 +30,8 @@ def _export_apply(capsys, study, name, out, *extra):
     recorded = next(row for row in front if row["number"] == number)
     assert main(["apply", "plan.yaml", "--out", out, "--study-file", str(study), *extra]) == 0
     printed = capsys.readouterr().out
-    on_disk = int(printed.split("on disk ")[1].split(" bytes")[0].replace(",", ""))
+    # "saved OUT (target): <what it counts>: 1,234 bytes = 0.12 of ...": the file's bytes come first
+    on_disk = int(re.search(r": ([\d,]+) bytes = ", printed).group(1).replace(",", ""))
     assert on_disk == recorded["metrics"]["size_bytes"]
     assert main(["evaluate", out, "--study-file", str(study), "--format", "json"]) == 0
     return recorded, json.loads(capsys.readouterr().out)
