@@ -10,7 +10,7 @@ from torch import nn
 
 from presso.compress._adapters import inject_adapters, recover_
 from presso.compress._calibration import CalibrationStats, TeacherCache
-from presso.compress._formats import FormatCache, block_size, dequantize_rows, quantize_rows
+from presso.compress._formats import FORMATS, FormatCache, block_size, dequantize_rows, fits, quantize_rows
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
@@ -158,8 +158,8 @@ def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
                 raise PressoError(f"{where}.adapter.rank: got {cfg.adapter.rank} on an embedding table; allowed: 0")
         fmt = cfg.quant.format
         if fmt is not None and in_f % block_size(fmt):
-            raise PressoError(f"{where}.quant.format: got {fmt!r} for in_features={in_f}; allowed: a format whose "
-                              f"block size ({block_size(fmt)}) divides {in_f}")
+            raise PressoError(f"{where}.quant.format: got {fmt!r} (blocks of {block_size(fmt)}) for rows of {in_f} values; "
+                              f"allowed: {[f for f in FORMATS if fits(f, in_f)]}")
         g = cfg.quant.group_size
         if cfg.quant.active and g and in_f % g:
             raise PressoError(

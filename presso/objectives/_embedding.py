@@ -2,7 +2,9 @@
 
 An embedding is the mean of the last hidden states over real (mask = 1) tokens. For an
 encoder that is ``last_hidden_state``; for a causal LM (no ``last_hidden_state`` in its
-output) it is the last entry of ``hidden_states``.
+output) it is the last entry of ``hidden_states``. A runtime that pools itself (llama.cpp's
+MEAN pooling, :class:`presso.targets._llama_runtime.LlamaCppEncoder`) hands back that mean
+as ``mean_pooled``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ def pooled_embeddings(model: Any, batches: Any) -> Any:
     pooled = []
     for ids, mask in batches:
         out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        runtime_pooled = getattr(out, "mean_pooled", None)
+        if runtime_pooled is not None:
+            pooled.append(runtime_pooled.float())
+            continue
         hidden = getattr(out, "last_hidden_state", None)
         if hidden is None:
             hidden = out.hidden_states[-1]

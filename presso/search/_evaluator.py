@@ -213,6 +213,12 @@ def _objectives_for(names, task: str):
     return objectives
 
 
+def _position_limit(model) -> int | None:
+    """Positions of a model with a learned position table (BERT: 512), else None (rotary models)."""
+    table = getattr(getattr(getattr(model, "base_model", model), "embeddings", None), "position_embeddings", None)
+    return getattr(table, "num_embeddings", None)
+
+
 def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None,
                   config: StudyConfig | None = None):
     from presso.objectives import load_labelled
@@ -223,6 +229,10 @@ def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, 
         path = config.resolve_path(path)
     labelled = load_labelled(path) if path else None
     ids = text.eval_ids if rows is None else text.eval_ids[:rows]
+    positions = _position_limit(loaded.model)
+    if positions is not None and ids.shape[1] > positions:
+        raise PressoError(f"eval.seq_len: got {ids.shape[1]}; allowed: at most {positions} "
+                          "(the model's position embeddings)")
     return EvalContext(task=loaded.task, device=device, input_ids=ids, tokenizer=loaded.tokenizer,
                        dense_model=loaded.model, labelled=labelled)
 
