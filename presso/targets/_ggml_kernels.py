@@ -7,10 +7,13 @@ A weight's matmul in ggml's CPU backend takes one of two paths:
   ``ggml-cpu/repack.cpp``) and its row count fits the interleave; those run blocked GEMM/GEMV
   kernels (``q4_0 8x8 x q8_0``, ...);
 * **vec_dot**: everything else runs ``vec_dot`` over rows, with the activations first converted
-  to the type's ``vec_dot_type`` (read from ggml's own CPU type traits).
+  to the type's ``vec_dot_type`` (read from ggml's own CPU type traits); where ggml is built
+  with llamafile's tinyBLAS (``LLAMAFILE = 1`` in llama.cpp's system info), a batch of two or
+  more tokens (prompt processing) of F32, F16, BF16, Q8_0, Q4_0, Q5_0 or IQ4_NL runs its
+  ``sgemm`` instead, and single-token decode stays on ``vec_dot``.
 
 ggml exposes the CPU features and the type traits, but not the repack choice (a static C++
-function), so :data:`_REPACK` mirrors its table for the CPUs it names (llama.cpp as vendored by
+function), so :data:`_REPACK` (and :data:`_SGEMM`) mirror its tables for the CPUs it names (llama.cpp as vendored by
 llama-cpp-python 0.3.36). A test checks the mirror against the runtime: the bytes this module
 says go to ``CPU_REPACK`` must equal the ``CPU_REPACK`` buffer llama.cpp reports at load.
 Embedding tables are read with ``GET_ROWS`` (no matmul). A tied output head is the embedding
@@ -39,6 +42,12 @@ _REPACK: tuple[tuple[str, str, str, str, int], ...] = (
     ("Q8_0", "neon+i8mm", "4x8", "Q8_0", 4), ("Q8_0", "neon+dotprod", "4x4", "Q8_0", 4),
 )
 
+# llamafile_sgemm's types (ggml-cpu/llamafile/sgemm.cpp) by the CPU feature its kernels need.
+_SGEMM: tuple[tuple[str, frozenset[str]], ...] = (
+    ("avx", frozenset({"F32", "F16", "BF16", "Q8_0", "Q4_0", "Q5_0", "IQ4_NL"})),
+    ("neon+dotprod", frozenset({"F32", "Q8_0", "Q4_0"})),
+)
+
 
 class _TypeTraitsCpu(ctypes.Structure):
     _fields_ = [("from_float", ctypes.c_void_p), ("vec_dot", ctypes.c_void_p),
@@ -61,7 +70,7 @@ def _ggml_cpu() -> ctypes.CDLL:
 def cpu_features() -> frozenset[str]:
     """The features of this CPU that ggml's CPU backend was built to use."""
     lib = _ggml_cpu()
-    has = {name for name in ("avx2", "avx512", "neon", "dotprod", "matmul_int8")
+    has = {name for name in ("avx", "avx2", "avx512", "neon", "dotprod", "matmul_int8", "llamafile")
            if getattr(lib, f"ggml_cpu_has_{name}")()}
     if {"neon", "matmul_int8"} <= has:
         has.add("neon+i8mm")
@@ -93,7 +102,11 @@ def matmul_kernel(fmt: str, out_features: int) -> str:
     repack = repacked(fmt, out_features)
     if repack is not None:
         return f"CPU_REPACK {fmt.lower()} {repack[0]} x {repack[1].lower()}"
-    return f"CPU vec_dot {fmt.lower()} x {vec_dot_type(fmt).lower()}"
+    pair = f"{fmt.lower()} x {vec_dot_type(fmt).lower()}"
+    features = cpu_features()
+    if "llamafile" in features and any(f in features and fmt in types for f, types in _SGEMM):
+        return f"CPU llamafile sgemm (prompt) / vec_dot (decode) {pair}"
+    return f"CPU vec_dot {pair}"
 
 
 def layer_kernels(model, result) -> dict[str, str]:

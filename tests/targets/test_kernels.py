@@ -66,8 +66,10 @@ def test_gguf_kernels_match_the_bytes_llama_cpp_repacks(tmp_path):
     target = get_target("gguf")
     written = target.write(compressed, result, None, tmp_path / "k.gguf")
     kernels = target.kernels(compressed, result)
-    assert kernels["model.layers.0.mlp.gate_proj"].startswith("CPU vec_dot q4_0 x q8_0")  # 1028 rows: no repack
-    assert kernels["model.layers.0.mlp.down_proj"] == "CPU vec_dot f32 x f32"
+    gate = kernels["model.layers.0.mlp.gate_proj"]
+    assert gate.endswith("q4_0 x q8_0") and not gate.startswith("CPU_REPACK")  # 1028 rows: no repack
+    assert kernels["model.layers.0.mlp.down_proj"].endswith("f32 x f32")
+    assert kernels["model.layers.0.mlp.up_proj"] == "CPU vec_dot q4_k x q8_k"  # no repack, no sgemm for Q4_K
     assert kernels["model.embed_tokens"] == "CPU get_rows q4_0"
     assert kernels["lm_head"].endswith("(tied: a second copy of model.embed_tokens)")
     # The bytes this module says go to repacked kernels (the tied head's copy included) are the
