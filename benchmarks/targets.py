@@ -90,12 +90,13 @@ def stock_plan(stock: Path, model) -> Plan:
     from presso.targets.gguf import layout
 
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(stock)).tensors}
+    lay = layout(model)
     layers = {}
-    for gguf_name, key, _ in layout(model).entries:
-        module = key.removesuffix(".weight")
-        if module == key or types[gguf_name] == "F32" or len(layout(model).shapes[key]) != 2:
+    for entry in lay.entries:
+        module = entry.key.removesuffix(".weight")
+        if module == entry.key or types[entry.gguf_name] == "F32" or len(lay.shapes[entry.key]) != 2:
             continue  # norms and biases stay F32 in both files
-        layers[module] = LayerConfig(quant=QuantConfig(format=types[gguf_name]))
+        layers[module] = LayerConfig(quant=QuantConfig(format=types[entry.gguf_name]))
     return Plan(layers=layers)
 
 
