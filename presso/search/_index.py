@@ -20,6 +20,7 @@ are read through ``get_trials`` instead, with the same results.
 from __future__ import annotations
 
 import json
+import weakref
 from collections import Counter
 
 from presso.search._records import TrialRow, objective_directions, objective_names, plan_source, row_from_trial, study_info
@@ -195,6 +196,22 @@ def _light(trial, names: list[str]) -> TrialRow:
     return row
 
 
+def waiting_trial_ids(study) -> list[int] | None:
+    """Trial ids of the study's queued (WAITING) trials by number, from one query on
+    ``trials``; None for stores other than Optuna's RDBStorage."""
+    storage = _rdb(study)
+    if storage is None:
+        return None
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+    from sqlalchemy import select
+
+    trials = models.TrialModel.__table__
+    with storage.engine.connect() as conn:
+        return list(conn.execute(select(trials.c.trial_id).where(
+            trials.c.study_id == study._study_id, trials.c.state == TrialState.WAITING).order_by(trials.c.number)).scalars())
+
+
 def full_rows(study, rows: list[TrialRow]) -> list[TrialRow]:
     """The complete rows (metrics, timings, params, plan on demand) of a few ``rows``."""
     plans = plan_source(study_info(study))
@@ -207,6 +224,42 @@ def full_rows(study, rows: list[TrialRow]) -> list[TrialRow]:
         full.trial_id = row.trial_id
         out.append(full)
     return out
+
+
+def shared_index(study) -> StudyIndex:
+    """The one :class:`StudyIndex` of ``study`` in this process (per storage object), so the
+    driver's budget and the ``evo`` sampler fold the study's trials once, not once each."""
+    indexes = _SHARED.setdefault(study._storage, {})
+    index = indexes.get(study._study_id)
+    if index is None:
+        index = indexes[study._study_id] = StudyIndex(study)
+    index.study = study
+    return index
+
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def trial_system_attr(study, key: str, from_number: int = 0, below: int | None = None) -> dict[int, object]:
+    """``{number: value of the trial system attribute key, or None}`` of the trials numbered in
+    ``[from_number, below)``."""
+    storage = _rdb(study)
+    if storage is None:
+        return {t.number: t.system_attrs.get(key) for t in study.get_trials(deepcopy=False)
+                if t.number >= from_number and (below is None or t.number < below)}
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    trials = models.TrialModel.__table__
+    system = models.TrialSystemAttributeModel.__table__
+    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
+    if below is not None:
+        where.append(trials.c.number < below)
+    with storage.engine.connect() as conn:
+        numbers = conn.execute(select(trials.c.trial_id, trials.c.number).where(*where)).all()
+        joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
+        found = dict(conn.execute(joined(system, system.c.value_json).where(system.c.key == key)).all())
+    return {number: json.loads(found[trial_id]) if trial_id in found else None for trial_id, number in numbers}
 
 
 def trial_params(study, from_number: int = 0, below: int | None = None) -> dict[int, dict]:
