@@ -20,7 +20,6 @@ are read through ``get_trials`` instead, with the same results.
 from __future__ import annotations
 
 import json
-import weakref
 from collections import Counter
 
 from presso.search._records import TrialRow, objective_directions, objective_names, plan_source, row_from_trial, study_info
@@ -229,15 +228,15 @@ def full_rows(study, rows: list[TrialRow]) -> list[TrialRow]:
 def shared_index(study) -> StudyIndex:
     """The one :class:`StudyIndex` of ``study`` in this process (per storage object), so the
     driver's budget and the ``evo`` sampler fold the study's trials once, not once each."""
-    indexes = _SHARED.setdefault(study._storage, {})
+    # Kept on the storage object itself: a module-level map from storages to indexes that hold
+    # their study (and so the storage) would keep every storage of a process alive.
+    storage = study._storage
+    indexes = storage.__dict__.setdefault("_presso_indexes", {})
     index = indexes.get(study._study_id)
     if index is None:
         index = indexes[study._study_id] = StudyIndex(study)
     index.study = study
     return index
-
-
-_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def trial_system_attr(study, key: str, from_number: int = 0, below: int | None = None) -> dict[int, object]:

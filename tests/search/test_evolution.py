@@ -216,7 +216,7 @@ def test_tried_plans_come_from_digests_and_from_params_where_none(tmp_path):
     url = f"sqlite:///{tmp_path}/s.db"
     study = optuna.create_study(directions=MIN2, storage=url, sampler=LocalSearchSampler(seed=0, n_startup_trials=100))
     study.optimize(small, n_trials=6)  # told through the sampler: each has its digest
-    told = [t for t in study.trials]
+    told = study.trials
     assert all(t.system_attrs[DIGEST_ATTR] == _digest(t.params) for t in told)
     legacy = create_trial(params={"x": 0.3}, distributions={"x": FloatDistribution(0, 1)}, values=[1.0, 1.0])
     study.add_trial(legacy)  # like a trial from before digests: none stored
