@@ -275,10 +275,10 @@ def ask(study):
     import optuna
     from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
 
-    from presso.search._index import waiting_trial_ids
+    from presso.search._index import shared_index, waiting_trial_ids
 
     storage = study._storage
-    queued = waiting_trial_ids(study)
+    queued = waiting_trial_ids(study, from_id=shared_index(study).floor_id)
     if queued is None or not isinstance(storage, _CachedStorage):
         return study.ask()
     study._thread_local.cached_all_trials = None  # as in Study.ask: samplers see this trial's study

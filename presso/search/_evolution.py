@@ -135,7 +135,7 @@ class _StudyMemory:
         self.index = shared_index(study)  # the driver's budget reads the same one
         self.parents: dict[int, FrozenTrial] = {}
         self.final: set[str] = set()  # digests of the plans of trials below ``final_floor`` (all finished)
-        self.final_floor = 0
+        self.final_floor = self.final_floor_id = 0
 
     def parent(self, row) -> FrozenTrial:
         if row.trial_id not in self.parents:
@@ -151,16 +151,16 @@ class _StudyMemory:
         their params where they have none), and those of the trials above it."""
         from presso.search._index import trial_params, trial_system_attr
 
-        floor = self.index.floor
+        floor, floor_id = self.index.floor, self.index.floor_id
         if floor > self.final_floor:
-            digests = trial_system_attr(self.study, DIGEST_ATTR, self.final_floor, below=floor)
+            digests = trial_system_attr(self.study, DIGEST_ATTR, self.final_floor, below=floor, from_id=self.final_floor_id)
             self.final.update(d for d in digests.values() if d is not None)
             missing = [n for n, d in digests.items() if d is None]
             if missing:
                 params = trial_params(self.study, min(missing), below=max(missing) + 1)
                 self.final.update(_digest(params[n]) for n in missing if params.get(n))
-            self.final_floor = floor
-        return self.final, {_digest(p) for p in trial_params(self.study, floor).values()}
+            self.final_floor, self.final_floor_id = floor, floor_id
+        return self.final, {_digest(p) for p in trial_params(self.study, floor, from_id=floor_id).values()}
 
 
 def _mutate(params: dict, dists: dict, rng: random.Random) -> tuple[dict | None, str]:
