@@ -59,4 +59,4 @@ if [ "$BASE_IMAGE" = presso-base:bookworm ]; then
 fi
 docker image prune -f >/dev/null   # layers of earlier builds
 echo "build: $PRESSO_IMAGE and $POSTGRES_IMAGE in $(( $(date +%s) - start )) s"
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^(presso|${POSTGRES_IMAGE%%:*})" || true
+docker image ls --format "{{.Repository}}:{{.Tag}}  {{.Size}}" | grep -E "^($(echo "$PRESSO_IMAGE" "$POSTGRES_IMAGE" "$BASE_IMAGE" | sed "s/ /|/g"))  " || true

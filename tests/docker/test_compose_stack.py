@@ -52,7 +52,7 @@ def stack():
     assert not missing, f"images {missing} missing: run `make docker-images` first"
 
     ports = {name: free_port() for name in ("PG_PORT", "MLFLOW_PORT", "RAY_PORT", "RAY_CLIENT_PORT", "RAY_DASHBOARD_PORT")}
-    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "BIND_HOST": "127.0.0.1",
+    env = {**os.environ, **{k: str(v) for k, v in ports.items()}, "BIND_HOST": "127.0.0.1", "RAY_NODE_IP": "127.0.0.2",
            "POSTGRES_PASSWORD": secrets.token_hex(8), "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     compose = ("docker", "compose", "-p", f"presso-test-{os.getpid()}", "-f", str(COMPOSE))
     try:
@@ -68,7 +68,7 @@ def stack():
 def test_study_runs_on_the_compose_cluster(stack):
     compose, env = stack
     # Two Ray nodes: the head (no CPUs, so no trial runs there) and the worker.
-    status = sh(*compose, "exec", "-T", "ray-head", "ray", "status", f"--address=127.0.0.1:{env['RAY_PORT']}",
+    status = sh(*compose, "exec", "-T", "ray-head", "ray", "status", f"--address={env['RAY_NODE_IP']}:{env['RAY_PORT']}",
                 env=env, timeout=60).stdout
     assert len(re.findall(r"^\s*1 node_", status, re.M)) == 2, status
 
