@@ -68,9 +68,16 @@ def stack():
 def test_study_runs_on_the_compose_cluster(stack):
     compose, env = stack
     # Two Ray nodes: the head (no CPUs, so no trial runs there) and the worker.
-    status = sh(*compose, "exec", "-T", "ray-head", "ray", "status", f"--address={env['RAY_NODE_IP']}:{env['RAY_PORT']}",
-                env=env, timeout=60).stdout
-    assert len(re.findall(r"^\s*1 node_", status, re.M)) == 2, status
+    # The worker's container is up before its raylet has joined: wait for it.
+    deadline = time.monotonic() + 90
+    while True:
+        status = sh(*compose, "exec", "-T", "ray-head", "ray", "status",
+                    f"--address={env['RAY_NODE_IP']}:{env['RAY_PORT']}", env=env, timeout=60, check=False)
+        nodes = len(re.findall(r"^\s*1 node_", status.stdout, re.M))
+        if nodes == 2 or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert nodes == 2, f"{status.stdout}{status.stderr}\n{logs(compose, env)}"
 
     started = time.monotonic()
     run = sh(*compose, "exec", "-T", "presso", "sh", "-c",
