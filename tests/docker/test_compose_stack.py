@@ -40,7 +40,12 @@ def sh(*args, timeout=120, env=None, check=True) -> subprocess.CompletedProcess:
 
 
 def logs(compose, env) -> str:
-    return sh(*compose, "logs", "--no-color", "--tail", "40", timeout=60, env=env, check=False).stdout[-6000:]
+    """The services' last lines and the head's Ray Client server logs (where a driver that
+    cannot join says why)."""
+    out = sh(*compose, "logs", "--no-color", "--tail", "40", timeout=60, env=env, check=False).stdout[-6000:]
+    ray_client = sh(*compose, "exec", "-T", "ray-head", "sh", "-c",
+                    "tail -n 30 /tmp/ray/session_latest/logs/ray_client_server*.err", timeout=60, env=env, check=False)
+    return f"{out}\n{ray_client.stdout[-4000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -79,11 +84,17 @@ def test_study_runs_on_the_compose_cluster(stack):
         time.sleep(3)
     assert nodes == 2, f"{status.stdout}{status.stderr}\n{logs(compose, env)}"
 
+    command = (f'presso run /studies/{STUDY}.yaml --no-progress --storage "$PRESSO_STORAGE" '
+               '--tracking-uri "$MLFLOW_TRACKING_URI" --backend ray --ray-address "$RAY_ADDRESS"')
     started = time.monotonic()
-    run = sh(*compose, "exec", "-T", "presso", "sh", "-c",
-             f'presso run /studies/{STUDY}.yaml --no-progress --storage "$PRESSO_STORAGE" '
-             '--tracking-uri "$MLFLOW_TRACKING_URI" --backend ray --ray-address "$RAY_ADDRESS"',
-             env=env, timeout=300, check=False)
+    run = sh(*compose, "exec", "-T", "presso", "sh", "-c", command, env=env, timeout=300, check=False)
+    if run.returncode and "cannot join the cluster" in run.stderr:
+        # NOTE: Ray Client's per-driver server takes a port from a fixed range (23000-23999) on
+        # the host's network, shared with any other Ray Client on the machine; its start failed
+        # here about once in four runs. A second attempt takes the next port; the study resumes
+        # to exactly its budget, which the checks below count.
+        print(f"\nfirst attempt could not join Ray, retrying:\n{run.stderr[-1500:]}\n{logs(compose, env)}")
+        run = sh(*compose, "exec", "-T", "presso", "sh", "-c", command, env=env, timeout=300, check=False)
     wall = time.monotonic() - started
     assert run.returncode == 0, f"presso run failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n{logs(compose, env)}"
     print(f"study {STUDY}: {TRIALS} trials in {wall:.0f} s")
