@@ -64,7 +64,7 @@ bench: setup
 # Presso's CPU image and a PostgreSQL image, with a base made from Debian packages when no image
 # registry is reachable (docker/README.md). Cached: a second run takes seconds.
 docker-images: $(LLAMA_WHEEL)
-	WHEELS=$(WHEELS) bash docker/build-local.sh
+	LLAMA_WHEEL=$(LLAMA_WHEEL) bash docker/build-local.sh
 
 clean:
 	rm -rf $(VENV) presso-runs

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 BASE_IMAGE=${BASE_IMAGE:-presso-base:bookworm}
 PRESSO_IMAGE=${PRESSO_IMAGE:-presso:cpu}
 POSTGRES_IMAGE=${POSTGRES_IMAGE:-presso-postgres:15}
-WHEELS=${WHEELS:-$HOME/.cache/presso/wheels}
+WHEELS=${WHEELS:-$HOME/.cache/presso/wheels}   # where `make setup` keeps its llama-cpp-python wheel
 CONTEXT=${CONTEXT:-/var/tmp/presso-docker-context}
 TORCH_VERSION=2.13.0
 LLAMA_CPP_VERSION=0.3.36
@@ -32,9 +32,11 @@ if ! compgen -G "docker/wheels/torch-$TORCH_VERSION+cpu-*.whl" >/dev/null; then
     fi
     rm -rf "$tmp"
 fi
-if ! compgen -G "docker/wheels/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl" >/dev/null \
-    && compgen -G "$WHEELS/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl" >/dev/null; then
-    cp "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl docker/wheels/
+# LLAMA_WHEEL: the Makefile's (its folder under WHEELS is named after the build flags).
+LLAMA_WHEEL=${LLAMA_WHEEL:-$(ls -t "$WHEELS"/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl \
+    "$WHEELS"/*/llama_cpp_python-$LLAMA_CPP_VERSION-*.whl 2>/dev/null | head -1)}
+if [ -n "$LLAMA_WHEEL" ] && [ -f "$LLAMA_WHEEL" ]; then
+    cmp -s "$LLAMA_WHEEL" "docker/wheels/$(basename "$LLAMA_WHEEL")" || cp "$LLAMA_WHEEL" docker/wheels/
 fi
 ls docker/wheels/*.whl 2>/dev/null | sed 's/^/build: using /' || true
 
