@@ -317,7 +317,14 @@ def compress_(
                     if cache is not None:
                         cache.put(key, weight, layout)
                 rec.codes, rec.scales, rec.zeros, rec.mins = layout.codes, layout.scales, layout.zeros, layout.mins
-                restored = layout.dequantize(weight.dtype, rec.mask)
+                if layout.zero_kind == "int":
+                    # NOTE: the codes go into the work buffer and are dequantized there, RTN's own last
+                    # step (same arithmetic, same bits), so a cache hit costs less than an RTN layer.
+                    work.copy_(layout.codes)
+                    restored = dequantize(layout.codes, layout.scales, layout.zeros, q.bits, q.group_size,
+                                          weight.dtype, work=work)
+                else:
+                    restored = layout.dequantize(weight.dtype, rec.mask)
             if restored.data_ptr() != weight.data_ptr():
                 weight.copy_(restored)
         del scratch
