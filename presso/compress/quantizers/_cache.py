@@ -24,8 +24,9 @@ def _fingerprint(weight: torch.Tensor, count: int = 1024) -> torch.Tensor:
 
 
 def _nbytes(layout: QuantLayout) -> int:
-    return sum(t.numel() * t.element_size() for t in (layout.codes, layout.scales, layout.zeros, layout.mins)
-               if t is not None)
+    extras = list((layout.extras or {}).values())
+    return sum(t.numel() * t.element_size() for t in (layout.codes, layout.scales, layout.zeros, layout.mins, *extras)
+               if isinstance(t, torch.Tensor))
 
 
 class LayerCache:
