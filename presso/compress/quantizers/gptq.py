@@ -146,7 +146,17 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
         W = W[:, perm]
         keep = None if keep is None else keep[:, perm]
     Q = torch.empty_like(W)
-    cols = perm.tolist() if perm is not None else None
+    # Per-column scale and zero point as full [out, in] float32 maps (in visiting order), so the
+    # column loop is a handful of vector ops: round(w / s) + z clamped is int_round's arithmetic
+    # (symmetric: zero 2**(bits-1), codes 1 .. 2**bits - 1), to the bit.
+    qmax, lowest = float((1 << bits) - 1), 1.0 if symmetric else 0.0
+    if static:
+        S = scales.to(torch.float32).repeat_interleave(g, dim=1)
+        Z = zeros.repeat_interleave(g, dim=1)
+        if perm is not None:
+            S, Z = S[:, perm], Z[:, perm]
+    else:
+        S, Z = torch.empty_like(W), torch.empty_like(W)
     # Blocks hold whole groups, so a group's grid is set from fully error-updated weights.
     block = max(g, (block // g) * g) if not static else block
     for i1 in range(0, in_f, block):
@@ -155,22 +165,22 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
         Q1 = torch.empty_like(W1)
         Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        S1, Z1 = S[:, i1:i2], Z[:, i1:i2]
+        K1 = None if keep is None else keep[:, i1:i2]
         for i in range(i2 - i1):
-            col = cols[i1 + i] if cols is not None else i1 + i
-            gi = col // g
-            if not static and col % g == 0:
+            if not static and (i1 + i) % g == 0:
+                col, gi = i1 + i, (i1 + i) // g
                 s, z = _params(W1[:, i:i + g].unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
                                bits, symmetric)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
-            s, z = scales[:, gi], zeros[:, gi]
-            w = W1[:, i]
-            q = int_round(w.unsqueeze(-1), s, z, bits, symmetric).squeeze(-1)
-            if keep is not None:
-                q = torch.where(keep[:, i1 + i], q, z)
-            deq = (q - z) * s.to(torch.float32)
+                S1[:, i:i + g], Z1[:, i:i + g] = s.to(torch.float32), z
+            w, s, z = W1[:, i], S1[:, i], Z1[:, i]
+            q = torch.round(w / s).add_(z).clamp_(lowest, qmax)
+            if K1 is not None:
+                q = torch.where(K1[:, i], q, z)
             Q1[:, i] = q
-            err = (w - deq) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
+            err = (w - (q - z).mul_(s)).div_(Hinv1[i, i])
+            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
             Err1[:, i] = err
         Q[:, i1:i2] = Q1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
