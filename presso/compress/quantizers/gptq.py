@@ -145,45 +145,49 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
     if perm is not None:
         W = W[:, perm]
         keep = None if keep is None else keep[:, perm]
-    Q = torch.empty_like(W)
-    # Per-column scale and zero point as full [out, in] float32 maps (in visiting order), so the
-    # column loop is a handful of vector ops: round(w / s) + z clamped is int_round's arithmetic
-    # (symmetric: zero 2**(bits-1), codes 1 .. 2**bits - 1), to the bit.
+    # NOTE: the sweep runs on transposed copies ([in, out]): a column is then a contiguous row and
+    # the rank-1 update of the columns still to come is one contiguous block (about 2x faster on CPU).
+    # Per-column scale and zero point are full maps in visiting order, so the column loop is a
+    # handful of vector ops: round(w / s) + z clamped is int_round's arithmetic to the bit
+    # (symmetric: zero 2**(bits-1), codes 1 .. 2**bits - 1).
     qmax, lowest = float((1 << bits) - 1), 1.0 if symmetric else 0.0
+    WT = W.t().contiguous()
     if static:
         S = scales.to(torch.float32).repeat_interleave(g, dim=1)
         Z = zeros.repeat_interleave(g, dim=1)
         if perm is not None:
             S, Z = S[:, perm], Z[:, perm]
+        ST, ZT = S.t().contiguous(), Z.t().contiguous()
     else:
-        S, Z = torch.empty_like(W), torch.empty_like(W)
+        ST, ZT = torch.empty_like(WT), torch.empty_like(WT)
+    KT = None if keep is None else keep.t().contiguous()
+    QT = torch.empty_like(WT)
     # Blocks hold whole groups, so a group's grid is set from fully error-updated weights.
     block = max(g, (block // g) * g) if not static else block
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.empty_like(W1)
+        W1 = WT[i1:i2].clone()
+        Q1 = QT[i1:i2]
         Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        S1, Z1 = S[:, i1:i2], Z[:, i1:i2]
-        K1 = None if keep is None else keep[:, i1:i2]
+        S1, Z1 = ST[i1:i2], ZT[i1:i2]
         for i in range(i2 - i1):
             if not static and (i1 + i) % g == 0:
                 col, gi = i1 + i, (i1 + i) // g
-                s, z = _params(W1[:, i:i + g].unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
+                s, z = _params(W1[i:i + g].t().unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
                                bits, symmetric)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
-                S1[:, i:i + g], Z1[:, i:i + g] = s.to(torch.float32), z
-            w, s, z = W1[:, i], S1[:, i], Z1[:, i]
+                S1[i:i + g], Z1[i:i + g] = s[:, 0].to(torch.float32), z[:, 0]
+            w, s, z = W1[i], S1[i], Z1[i]
             q = torch.round(w / s).add_(z).clamp_(lowest, qmax)
-            if K1 is not None:
-                q = torch.where(K1[:, i], q, z)
-            Q1[:, i] = q
+            if KT is not None:
+                q = torch.where(KT[i1 + i], q, z)
+            Q1[i] = q
             err = (w - (q - z).mul_(s)).div_(Hinv1[i, i])
-            W1[:, i:].addr_(err, Hinv1[i, i:], alpha=-1.0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
+    Q = QT.t()
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     codes = Q.to(torch.uint8)
