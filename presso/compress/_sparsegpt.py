@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import torch
 
-from presso.compress.quantizers._base import int_round
 from presso.compress.quantizers.gptq import BLOCK, FACTORS, PERCDAMP, _factor, _grid, _params
 
 
@@ -91,16 +90,26 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: float, n_m: t
     # Blocks hold whole groups and whole N:M chunks, so a group's grid sees its final mask.
     unit = _lcm(g if quantized and not static else 1, n_m[1] if n_m else 1)
     block = max(unit, block // unit * unit)
-    keep = torch.ones(out_f, in_f, dtype=torch.bool, device=device)
-    out = torch.empty_like(W)
-    codes = torch.empty_like(W) if quantized else None
+    # NOTE: the sweep runs on transposed copies ([in, out]), as GPTQ's does: a column is a
+    # contiguous row and the update of the columns still to come one contiguous block.
+    WT = W.t().contiguous()
+    if static:
+        ST = scales.to(torch.float32).repeat_interleave(g, dim=1).t().contiguous()
+        ZT = zeros.repeat_interleave(g, dim=1).t().contiguous()
+    elif quantized:
+        ST, ZT = torch.empty_like(WT), torch.empty_like(WT)
+    qmax, lowest = float((1 << bits) - 1), 1.0 if sym else 0.0
+    keepT = torch.ones(in_f, out_f, dtype=torch.bool, device=device)
+    outT = torch.empty_like(WT)
+    codesT = torch.empty_like(WT) if quantized else None
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
-        W1 = W[:, i1:i2].clone()
+        W1 = WT[i1:i2].clone()
         Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
-        d = torch.diag(Hinv1).pow(2)  # [H^-1]_jj when column j is reached
-        prune1 = torch.zeros_like(W1, dtype=torch.bool)
+        d = torch.diag(Hinv1).pow(2).unsqueeze(1)  # [H^-1]_jj when column j is reached
+        prune1 = keepT[i1:i2]  # filled with "pruned" below, inverted at the end of the block
+        prune1.zero_()
         if n_m is None:
             k = round(W1.numel() * amount)
             if k:
@@ -108,29 +117,32 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, amount: float, n_m: t
         for i in range(i2 - i1):
             col = i1 + i
             if n_m is not None and i % n_m[1] == 0:
-                sal = W1[:, i:i + n_m[1]].pow(2) / d[i:i + n_m[1]]
-                idx = torch.topk(sal, n_m[1] - n_m[0], dim=1, largest=False).indices
-                prune1[:, i:i + n_m[1]].scatter_(1, idx, True)
-            w = W1[:, i]
-            kept = ~prune1[:, i]
+                sal = W1[i:i + n_m[1]].pow(2) / d[i:i + n_m[1]]
+                idx = torch.topk(sal, n_m[1] - n_m[0], dim=0, largest=False).indices
+                prune1[i:i + n_m[1]].scatter_(0, idx, True)
+            w = W1[i]
+            kept = ~prune1[i]
             if quantized:
-                gi = col // g
                 if not static and col % g == 0:
-                    grp = W1[:, i:i + g] * ~prune1[:, i:i + g]
+                    gi = col // g
+                    grp = (W1[i:i + g] * ~prune1[i:i + g]).t()
                     s, z = _params(grp.unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0), bits, sym)
                     scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
-                s, z = scales[:, gi], zeros[:, gi]
-                q = torch.where(kept, int_round(w.unsqueeze(-1), s, z, bits, sym).squeeze(-1), z)
-                codes[:, col] = q
-                deq = (q - z) * s.to(torch.float32)
+                    ST[i1 + i:i1 + i + g], ZT[i1 + i:i1 + i + g] = s[:, 0].to(torch.float32), z[:, 0]
+                s, z = ST[col], ZT[col]
+                q = torch.where(kept, torch.round(w / s).add_(z).clamp_(lowest, qmax), z)  # int_round's arithmetic
+                codesT[col] = q
+                deq = (q - z).mul_(s)
             else:
                 deq = w * kept
-            out[:, col] = deq
-            err = (w - deq) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        keep[:, i1:i2] = ~prune1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+            outT[col] = deq
+            err = (w - deq).div_(Hinv1[i, i])
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        prune1.logical_not_()
+        WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
+    keep, out = keepT.t().contiguous(), outT.t().contiguous()
+    codes = None if codesT is None else codesT.t().contiguous()
     if not quantized:
         return SparseGPTResult(keep=keep, weight=out)
     return SparseGPTResult(keep=keep, weight=out, codes=codes.to(torch.uint8), scales=scales,

@@ -187,7 +187,7 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
             W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
             Err1[i] = err
         WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
-    Q = QT.t()
+    Q = QT.t().contiguous()
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     codes = Q.to(torch.uint8)
