@@ -30,7 +30,7 @@ endif
 LLAMA_BUILD := $(shell echo '$(LLAMA_CPP) $(LLAMA_CMAKE_ARGS)' | md5sum | cut -c1-10)
 LLAMA_WHEEL := $(WHEELS)/$(LLAMA_BUILD)/llama_cpp_python-$(LLAMA_CPP)-py3-none-linux_$(shell uname -m).whl
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean docker-images
 
 $(LLAMA_WHEEL):
 	mkdir -p $(dir $(LLAMA_WHEEL))
@@ -60,6 +60,11 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/compress_models.py
+
+# Presso's CPU image and a PostgreSQL image, with a base made from Debian packages when no image
+# registry is reachable (docker/README.md). Cached: a second run takes seconds.
+docker-images: $(LLAMA_WHEEL)
+	LLAMA_WHEEL=$(LLAMA_WHEEL) bash docker/build-local.sh
 
 clean:
 	rm -rf $(VENV) presso-runs

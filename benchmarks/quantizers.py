@@ -8,11 +8,15 @@ Quality: SmolLM2 perplexity on the first 4,096 tokens of ``builtin:lee-heldout``
 16 windows of 256, each scored from position 0), as in issue 12's reference points (dense
 35.33). MiniLM: 1 - mean cosine similarity of held-out sentence embeddings to the dense
 model's (lower is better; "gap" is this value). ``gap`` is the quality gap to the dense model
-(perplexity - dense perplexity for SmolLM2). Calibration: 16 x 128 tokens of ``builtin:lee``
-(statistics and Hessians collected once per model, timed separately).
+(perplexity - dense perplexity for SmolLM2). Calibration: 128 windows of 64 tokens of
+``builtin:lee`` by default (statistics and Hessians collected once per model, timed
+separately). More tokens in shorter windows is what brought MiniLM's 4-bit GPTQ under half of
+RTN's gap: 16 x 128 tokens gave 0.57 of RTN's gap, 32 x 128 0.51, 64 x 64 0.42, 128 x 64 0.39
+(MiniLM's held-out sentences are short; measured at g64).
 
     python benchmarks/quantizers.py [--models smollm2 minilm] [--bits 8 4 3] [--groups 32 64]
-                                    [--methods rtn rtn_fmin imatrix gptq] [--threads 2]
+                                    [--methods rtn rtn_fmin imatrix gptq] [--calibration 128x64]
+                                    [--threads 2]
 """
 
 from __future__ import annotations
@@ -40,14 +44,14 @@ from compress_models import embeddings, perplexity  # noqa: E402  (one scoring r
 REFS = {"smollm2": "builtin:smollm2-135m", "minilm": "builtin:minilm-l6"}
 
 
-def run_model(key: str, bits_list, groups, methods) -> None:
+def run_model(key: str, bits_list, groups, methods, calib_shape=(128, 64)) -> None:
     from presso.data import load_documents, split_documents, token_batches
     from presso.models import load_model
 
     loaded = load_model(REFS[key])
     dense, tok = loaded.model, loaded.tokenizer
     calib_docs, _ = split_documents(load_documents("builtin:lee"))
-    calib = token_batches(tok, calib_docs, 16, 128)
+    calib = token_batches(tok, calib_docs, *calib_shape)
     heldout = load_documents("builtin:lee-heldout")
     if loaded.task == "causal-lm":
         ids = tok("\n".join(heldout), return_tensors="pt")["input_ids"][0][:4096]
@@ -68,7 +72,7 @@ def run_model(key: str, bits_list, groups, methods) -> None:
     stats = collect_calibration(dense, calib, hessians=True)
     calib_s = time.perf_counter() - t0
     print(f"\n## {REFS[key]}  (quality: {metric}; dense {dense_q:.4g}; calibration with Hessians "
-          f"{calib_s:.1f}s, 16x128 tokens)", flush=True)
+          f"{calib_s:.1f}s, {calib_shape[0]}x{calib_shape[1]} tokens)", flush=True)
     print(f"{'bits':>4} {'group':>5} {'method':>9} {'fraction':>9} {metric:>11} {'gap':>9} {'gap/rtn':>8} "
           f"{'quant_s':>8}", flush=True)
     for bits in bits_list:
@@ -95,13 +99,20 @@ def main() -> None:
     parser.add_argument("--groups", nargs="+", type=int, default=[32, 64])
     parser.add_argument("--methods", nargs="+", default=["rtn", "rtn_fmin", "imatrix", "gptq"],
                         choices=sorted(registered_quantizers()))
+    parser.add_argument("--calibration", default="128x64", help="calibration windows x tokens (default 128x64)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = ["rtn", *[m for m in args.methods if m != "rtn"]]  # rtn first: the reference for gap/rtn
+    try:
+        calib_shape = tuple(int(x) for x in args.calibration.lower().split("x"))
+        if len(calib_shape) != 2 or min(calib_shape) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--calibration: got {args.calibration!r}; allowed: WINDOWSxTOKENS such as 128x64")
     for key in args.models:
-        run_model(key, args.bits, args.groups, methods)
+        run_model(key, args.bits, args.groups, methods, calib_shape)
 
 
 if __name__ == "__main__":

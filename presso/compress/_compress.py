@@ -132,6 +132,30 @@ def _apply_formats(result: CompressionResult, modules, calibration, cache: Forma
         list(pool.map(run, jobs))
 
 
+def _sparsegpt_layer(name, weight, cfg, plan, calibration, cache):
+    """SparseGPT on one layer: ``(keep-mask, layout, None)`` for a GPTQ layer (pruned and
+    quantized in one sweep, cached like any GPTQ layer, the mask in the layout's ``extras``), or
+    ``(keep-mask, None, error-updated pruned weight)`` for any other method."""
+    from presso.compress._sparsegpt import sparsegpt
+    from presso.compress.quantizers import QuantLayout
+
+    q = cfg.quant
+    together = q.active and q.format is None and q.method == "gptq"
+    key = LayerCache.key(name, cfg, plan.criterion) if cache is not None and together else None
+    layout = cache.get(key, weight) if key is not None else None
+    if layout is not None:
+        return layout.extras["mask"], layout, None
+    out = sparsegpt(weight, calibration.hessians[name], cfg.sparsity.amount, cfg.sparsity.n_m,
+                    q if together else None)
+    if not together:
+        return out.keep, None, out.weight.to(weight.dtype)
+    layout = QuantLayout(out.codes, out.scales, out.zeros, None, q.bits, q.group_size, q.symmetric,
+                         extras={"mask": out.keep})
+    if key is not None:
+        cache.put(key, weight, layout)
+    return out.keep, layout, None
+
+
 def validate_plan(model: nn.Module, plan: Plan) -> dict[str, LayerConfig]:
     """Resolve ``plan`` against ``model`` and check every layer config fits its module.
 
@@ -258,6 +282,13 @@ def compress_(
             if cfg.sparsity.active and (stats is None or stats.numel() != in_f):
                 raise PressoError(f"calibration: no statistics of in_features={in_f} for module {name!r}; "
                                   "collect them on the same model architecture")
+    sparsegpt = plan.criterion is PruneCriterion.SPARSEGPT
+    if sparsegpt:
+        for name, cfg in resolved.items():
+            if cfg.sparsity.active and (calibration is None or calibration.hessians is None
+                                        or name not in calibration.hessians):
+                raise PressoError(f"plan.criterion: 'sparsegpt' needs input Hessians for {name!r}; pass "
+                                  "calibration=collect_calibration(dense_model, ids, hessians=True)")
     _check_quant_stats(resolved, calibration, modules)
     adapters = {n: (c.adapter.rank, c.adapter.effective_alpha) for n, c in resolved.items() if c.adapter.active}
     recovering = plan.recovery.steps > 0 and bool(adapters)
@@ -269,12 +300,20 @@ def compress_(
     result = CompressionResult(plan=plan, adapters=adapters)
 
     t0 = time.perf_counter()
+    joint: dict = {}  # SparseGPT layers pruned and quantized in one sweep: their layouts
     with torch.no_grad():
         for name, cfg in resolved.items():
             weight = modules[name].weight
             rec = CompressedModule(name=name, config=cfg, shape=tuple(weight.shape), dtype=weight.dtype,
                                    n_kept=weight.numel())
-            if cfg.sparsity.active:
+            if cfg.sparsity.active and sparsegpt:
+                rec.mask, layout, updated = _sparsegpt_layer(name, weight, cfg, plan, calibration, cache)
+                rec.n_kept = int(rec.mask.sum())
+                if layout is not None:
+                    joint[name] = layout
+                else:  # pruned only: the error-updated weight, quantized (if at all) below as usual
+                    weight.copy_(updated)
+            elif cfg.sparsity.active:
                 ranks = calibration.row_ranks(name, weight) if wanda and cfg.sparsity.n_m is None else None
                 if ranks is not None:  # the worker's cached per-row order: same mask, no selection
                     rec.mask, rec.n_kept = mask_from_ranks(ranks, cfg.sparsity.amount)
@@ -310,14 +349,23 @@ def compress_(
                 restored = dequantize(rec.codes, rec.scales, rec.zeros, q.bits, q.group_size, weight.dtype, work=work)
             else:
                 key = LayerCache.key(name, rec.config, plan.criterion) if cache is not None else None
-                layout = cache.get(key, weight) if cache is not None else None
+                layout = joint.get(name)
+                if layout is None and cache is not None:
+                    layout = cache.get(key, weight)
                 if layout is None:
                     stats = calibration.layer_stats(name) if calibration is not None else None
                     layout = get_quantizer(q.method).quantize(weight, q, stats, rec.mask)
                     if cache is not None:
                         cache.put(key, weight, layout)
                 rec.codes, rec.scales, rec.zeros, rec.mins = layout.codes, layout.scales, layout.zeros, layout.mins
-                restored = layout.dequantize(weight.dtype, rec.mask)
+                if layout.zero_kind == "int":
+                    # NOTE: the codes go into the work buffer and are dequantized there, RTN's own last
+                    # step (same arithmetic, same bits), so a cache hit costs less than an RTN layer.
+                    work.copy_(layout.codes)
+                    restored = dequantize(layout.codes, layout.scales, layout.zeros, q.bits, q.group_size,
+                                          weight.dtype, work=work)
+                else:
+                    restored = layout.dequantize(weight.dtype, rec.mask)
             if restored.data_ptr() != weight.data_ptr():
                 weight.copy_(restored)
         del scratch

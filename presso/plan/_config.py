@@ -36,6 +36,9 @@ class PruneCriterion(str, Enum):
 
     MAGNITUDE = "magnitude"  # |W|, layer-wise
     WANDA = "wanda"  # |W| * ||X_j||_2 per output row (Sun et al., 2023)
+    # OBS saliency w^2 / [H^-1]_jj with error feedback through X^T X (Frantar & Alistarh, 2023);
+    # with quant.method gptq the layer is pruned and quantized in one sweep.
+    SPARSEGPT = "sparsegpt"
 
 
 def parse_structure(structure: str) -> tuple[int, int] | None:
@@ -333,13 +336,14 @@ class Plan:
 
     @property
     def needs_calibration(self) -> bool:
-        wanda = self.criterion is PruneCriterion.WANDA and any(c.sparsity.active for c in self.layers.values())
-        return wanda or any(c.quant.needs != "none" for c in self.layers.values())
+        by_activations = self.criterion is not PruneCriterion.MAGNITUDE and any(c.sparsity.active for c in self.layers.values())
+        return by_activations or any(c.quant.needs != "none" for c in self.layers.values())
 
     @property
     def needs_hessians(self) -> bool:
-        """Whether some layer's quantization method needs input Hessians (``X^T X``)."""
-        return any(c.quant.needs == "hessian" for c in self.layers.values())
+        """Whether some layer's quantization method (or SparseGPT pruning) needs input Hessians (``X^T X``)."""
+        sparsegpt = self.criterion is PruneCriterion.SPARSEGPT and any(c.sparsity.active for c in self.layers.values())
+        return sparsegpt or any(c.quant.needs == "hessian" for c in self.layers.values())
 
     @property
     def needs_recovery(self) -> bool:

@@ -160,10 +160,10 @@ class _Budget:
     the same at trial 10,000 as at trial 100."""
 
     def __init__(self, study, trials: int):
-        from presso.search._index import StudyIndex
+        from presso.search._index import shared_index
 
         self.study, self.trials = study, trials
-        self.index = StudyIndex(study)
+        self.index = shared_index(study)  # the ``evo`` sampler reads the same one
 
     def snapshot(self):
         """``(index, counted, running, waiting)``, read now."""
@@ -264,9 +264,44 @@ def ask_with_heartbeat(study, storage):
     it to fill its budget would wait for it forever.
     """
     with _interrupts_deferred():
-        trial = study.ask()
+        trial = ask(study)
         storage.record_heartbeat(trial._trial_id)
     return trial
+
+
+def ask(study):
+    """``study.ask()``, without its read of the whole study.
+
+    NOTE: ``Study.ask`` looks for a queued trial through Optuna's trial cache, whose first
+    sync in a process reads every trial whole (params, every attribute): for a resumed study of
+    10,000 SmolLM2 trials, 25 s on SQLite and 87 s on PostgreSQL (2 busy cores). Here the queued
+    trials are found with one query on ``trials``, claimed as ``Study.ask`` claims them, and
+    the claimed one is put into the cache (which ``Trial.suggest_*`` needs). Samplers that
+    read every trial (TPE, NSGA-II) still sync the cache themselves; ``evo`` does not.
+    """
+    import optuna
+    from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+
+    from presso.search._index import shared_index, waiting_trial_ids
+
+    storage = study._storage
+    queued = waiting_trial_ids(study, from_id=shared_index(study).floor_id)
+    if queued is None or not isinstance(storage, _CachedStorage):
+        return study.ask()
+    study._thread_local.cached_all_trials = None  # as in Study.ask: samplers see this trial's study
+    for trial_id in queued:
+        try:  # False, or an error, when another worker claimed or finished it first
+            if not storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.RUNNING):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        frozen = storage._backend.get_trial(trial_id)
+        with storage._lock:
+            info = storage._studies.setdefault(study._study_id, _StudyInfo())
+            storage._add_trials_to_cache(study._study_id, [frozen])
+            info.unfinished_trial_ids.add(trial_id)  # a later sync re-reads it until it finishes
+        return optuna.Trial(study, trial_id)
+    return optuna.Trial(study, storage.create_new_trial(study._study_id))
 
 
 @contextmanager

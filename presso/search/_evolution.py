@@ -26,11 +26,16 @@ problem of ``tests/search/test_evolution.py`` (60 trials, 10 seeds) it closes 47
 hypervolume gap between the uniform plans and the exact front, NSGA-II and random 37%.
 
 Each child records ``{"parent": number, "move": "step"|"switch"}`` in the trial system
-attribute ``presso:evo``.
+attribute ``presso:evo``. Every trial the sampler sees told gets a 16-hex digest of its
+parameters in ``presso:params``, so the plans already tried are known from one small
+attribute a trial instead of every trial's parameter rows (50 a trial for SmolLM2); trials
+without it (studies from before, trials failed by a dead worker) are read from their params.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
 from typing import Any
@@ -41,6 +46,7 @@ from optuna.trial import FrozenTrial
 
 
 PARENT_ATTR = "presso:evo"
+DIGEST_ATTR = "presso:params"
 _MAX_TRIES = 20
 
 
@@ -89,6 +95,8 @@ class LocalSearchSampler(optuna.samplers.BaseSampler):
 
     def after_trial(self, study, trial: FrozenTrial, state, values) -> None:
         self._children.pop(trial._trial_id, None)
+        if trial.params:  # called before the trial is finished, so it can still be written
+            study._storage.set_trial_system_attr(trial._trial_id, DIGEST_ATTR, _digest(trial.params))
 
     def _plan(self, study, trial: FrozenTrial) -> dict[str, Any] | None:
         memory = self._memory(study)
@@ -101,7 +109,7 @@ class LocalSearchSampler(optuna.samplers.BaseSampler):
         for _ in range(_MAX_TRIES):
             parent = memory.parent(rng.choice(index.front))
             child, move = _mutate(parent.params, parent.distributions, rng)
-            if child is not None and all(_key(child) not in plans for plans in seen):
+            if child is not None and all(_digest(child) not in plans for plans in seen):
                 study._storage.set_trial_system_attr(trial._trial_id, PARENT_ATTR, {"parent": parent.number, "move": move})
                 return child
         return None  # the neighbourhood of the front is used up: a random child instead
@@ -121,13 +129,13 @@ class _StudyMemory:
     plans already tried (final below the index's floor, re-read above it)."""
 
     def __init__(self, study) -> None:
-        from presso.search._index import StudyIndex
+        from presso.search._index import shared_index
 
         self.study = study
-        self.index = StudyIndex(study)
+        self.index = shared_index(study)  # the driver's budget reads the same one
         self.parents: dict[int, FrozenTrial] = {}
-        self.final: set[frozenset] = set()  # plans of trials below ``final_floor`` (all finished)
-        self.final_floor = 0
+        self.final: set[str] = set()  # digests of the plans of trials below ``final_floor`` (all finished)
+        self.final_floor = self.final_floor_id = 0
 
     def parent(self, row) -> FrozenTrial:
         if row.trial_id not in self.parents:
@@ -137,16 +145,22 @@ class _StudyMemory:
             self.parents[row.trial_id] = self.study._storage.get_trial(row.trial_id)
         return self.parents[row.trial_id]
 
-    def seen(self) -> tuple[set[frozenset], set[frozenset]]:
-        """Every plan already tried or enqueued (an enqueued trial keeps its plan in fixed_params):
-        those of finished trials below the floor, and those of the trials above it."""
-        from presso.search._index import trial_params
+    def seen(self) -> tuple[set[str], set[str]]:
+        """Digests of every plan already tried or enqueued (an enqueued trial keeps its plan in
+        fixed_params): those of finished trials below the floor (their ``presso:params``, or
+        their params where they have none), and those of the trials above it."""
+        from presso.search._index import trial_params, trial_system_attr
 
-        floor = self.index.floor
+        floor, floor_id = self.index.floor, self.index.floor_id
         if floor > self.final_floor:
-            self.final.update(_key(p) for p in trial_params(self.study, self.final_floor, below=floor).values())
-            self.final_floor = floor
-        return self.final, {_key(p) for p in trial_params(self.study, floor).values()}
+            digests = trial_system_attr(self.study, DIGEST_ATTR, self.final_floor, below=floor, from_id=self.final_floor_id)
+            self.final.update(d for d in digests.values() if d is not None)
+            missing = [n for n, d in digests.items() if d is None]
+            if missing:
+                params = trial_params(self.study, min(missing), below=max(missing) + 1)
+                self.final.update(_digest(params[n]) for n in missing if params.get(n))
+            self.final_floor, self.final_floor_id = floor, floor_id
+        return self.final, {_digest(p) for p in trial_params(self.study, floor, from_id=floor_id).values()}
 
 
 def _mutate(params: dict, dists: dict, rng: random.Random) -> tuple[dict | None, str]:
@@ -237,6 +251,8 @@ def _is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def _key(params: dict) -> frozenset:
-    # Rounded so that 0.30000000000000004 and 0.3 are one plan.
-    return frozenset((k, round(v, 9) if isinstance(v, float) else v) for k, v in params.items())
+def _digest(params: dict) -> str:
+    """16 hex digits that tell plans apart. Numbers are compared as rounded floats, so that
+    0.30000000000000004 and 0.3, or an enqueued 4 and a stored 4.0, are one plan."""
+    items = sorted((k, round(float(v), 9) if _is_number(v) else v) for k, v in params.items())
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]

@@ -10,6 +10,8 @@ constraint values, and then keeps its counts and front up to date incrementally:
   the counts and the front once;
 * ``floor`` is the lowest trial number that was still RUNNING or WAITING at the last refresh:
   every trial below it is folded, so a refresh reads only trials numbered from ``floor`` on
+  (found by ``trial_id >= floor_id`` on the primary key: numbers follow trial ids within a
+  study, and a filter on the ``study_id`` index would walk all of the study's rows)
   (the few recent ones), whatever the size of the study.
 
 The details of a few trials (their metrics and plans, for the front) are read afterwards, one
@@ -61,6 +63,7 @@ class StudyIndex:
         self.names = value_names(study)
         self.directions = objective_directions(study) or [d.name.lower() for d in study.directions]
         self.floor = 0
+        self.floor_id = 0  # the trial id of trial ``floor`` (or the next one's lower bound)
         self.folded: dict[int, bool] = {}  # finished trials numbered >= floor, already folded in: counted?
         self.finished: Counter = Counter()  # category -> finished trials
         self.counted = 0  # trials that use up budget (TrialRow.counted)
@@ -84,7 +87,7 @@ class StudyIndex:
     def refresh(self) -> StudyIndex:
         from presso.objectives import pareto_front
 
-        rows = light_rows(self.study, self.floor, self.names)
+        rows = light_rows(self.study, self.floor, self.names, from_id=self.floor_id)
         new = [r for r in rows if r.state not in _OPEN and r.number not in self.folded]
         candidates = []
         for row in new:
@@ -99,9 +102,10 @@ class StudyIndex:
                                              key=lambda r: [r.values[n] for n in self.names]), key=lambda r: r.number)
         self.open = sorted((r for r in rows if r.state in _OPEN), key=lambda r: r.number)
         if self.open:
-            self.floor = self.open[0].number
+            self.floor, self.floor_id = self.open[0].number, self.open[0].trial_id or 0
         elif rows:
-            self.floor = max(r.number for r in rows) + 1
+            last = max(rows, key=lambda r: r.number)
+            self.floor, self.floor_id = last.number + 1, (last.trial_id or -1) + 1
         self.folded = {n: c for n, c in self.folded.items() if n >= self.floor}
         self._above_floor = [r for r in rows if r.number >= self.floor]
         return self
@@ -123,10 +127,11 @@ def value_names(study) -> list[str]:
     return objective_names(study) or [str(i) for i in range(len(study.directions))]
 
 
-def light_rows(study, from_number: int = 0, names: list[str] | None = None) -> list[TrialRow]:
+def light_rows(study, from_number: int = 0, names: list[str] | None = None, from_id: int = 0) -> list[TrialRow]:
     """Trials numbered ``from_number`` and up as :class:`TrialRow` s that hold only number,
     trial id, state, values (Optuna's, named by ``names``), feasibility and the
-    ``failure``/``cancelled``/``low_values`` attributes (no params, metrics or plan)."""
+    ``failure``/``cancelled``/``low_values`` attributes (no params, metrics or plan).
+    ``from_id``: a trial id at or below that of trial ``from_number`` (see :func:`_window`)."""
     names = value_names(study) if names is None else names
     storage = _rdb(study)
     if storage is None:
@@ -142,7 +147,7 @@ def light_rows(study, from_number: int = 0, names: list[str] | None = None) -> l
 
     with storage.engine.connect() as conn:
         # States first: a trial that finishes between the queries has all its attributes by then.
-        found = conn.execute(select(trials.c.trial_id, trials.c.number, trials.c.state).where(*where)).all()
+        found = _window(conn, study, from_number, None, from_id)
         joined = _per_trial(trials, where, [row[0] for row in found], from_number)
         value_rows = conn.execute(joined(values, values.c.objective, values.c.value, values.c.value_type)).all()
         attrs = conn.execute(joined(user, user.c.key, user.c.value_json).where(user.c.key.in_(_KEYS))).all()
@@ -172,6 +177,28 @@ def light_rows(study, from_number: int = 0, names: list[str] | None = None) -> l
     return sorted(rows, key=lambda r: r.number)
 
 
+def _window(conn, study, from_number: int, below: int | None, from_id: int) -> list[tuple]:
+    """``(trial_id, number, state)`` of the study's trials numbered in ``[from_number, below)``.
+
+    NOTE: with ``from_id`` (a trial id at or below that of trial ``from_number``) the rows are
+    found on the primary key, ``trial_id >= from_id``, and the study picked here: numbers follow
+    trial ids within a study, and both SQLite and PostgreSQL would otherwise walk every row of
+    the study on the ``study_id`` index (50,000 rows for a window of a few trials)."""
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    trials = models.TrialModel.__table__
+    columns = (trials.c.trial_id, trials.c.number, trials.c.state)
+    if from_id > 0:
+        rows = conn.execute(select(*columns, trials.c.study_id).where(trials.c.trial_id >= from_id)).all()
+        return [(i, n, s) for i, n, s, study_id in rows if study_id == study._study_id
+                and n >= from_number and (below is None or n < below)]
+    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
+    if below is not None:
+        where.append(trials.c.number < below)
+    return conn.execute(select(*columns).where(*where)).all()
+
+
 def _per_trial(trials, where, trial_ids: list[int], from_number: int):
     """A select of a per-trial table's rows for the trials ``where`` picks. A window of recent
     trials is looked up by id (the tables' (trial_id, key) indexes), so its cost does not grow
@@ -195,6 +222,19 @@ def _light(trial, names: list[str]) -> TrialRow:
     return row
 
 
+def waiting_trial_ids(study, from_id: int = 0) -> list[int] | None:
+    """Trial ids of the study's queued (WAITING) trials by number, from one query on
+    ``trials`` (from trial id ``from_id`` on: a queued trial is never below an index's
+    ``floor_id``); None for stores other than Optuna's RDBStorage."""
+    storage = _rdb(study)
+    if storage is None:
+        return None
+    with storage.engine.connect() as conn:
+        rows = _window(conn, study, 0, None, from_id)
+    return [trial_id for trial_id, number, state in sorted(rows, key=lambda r: r[1])
+            if getattr(state, "name", str(state)) == "WAITING"]
+
+
 def full_rows(study, rows: list[TrialRow]) -> list[TrialRow]:
     """The complete rows (metrics, timings, params, plan on demand) of a few ``rows``."""
     plans = plan_source(study_info(study))
@@ -209,9 +249,47 @@ def full_rows(study, rows: list[TrialRow]) -> list[TrialRow]:
     return out
 
 
-def trial_params(study, from_number: int = 0, below: int | None = None) -> dict[int, dict]:
+def shared_index(study) -> StudyIndex:
+    """The one :class:`StudyIndex` of ``study`` in this process (per storage object), so the
+    driver's budget and the ``evo`` sampler fold the study's trials once, not once each."""
+    # Kept on the storage object itself: a module-level map from storages to indexes that hold
+    # their study (and so the storage) would keep every storage of a process alive.
+    storage = study._storage
+    indexes = storage.__dict__.setdefault("_presso_indexes", {})
+    index = indexes.get(study._study_id)
+    if index is None:
+        index = indexes[study._study_id] = StudyIndex(study)
+    index.study = study
+    return index
+
+
+def trial_system_attr(study, key: str, from_number: int = 0, below: int | None = None,
+                      from_id: int = 0) -> dict[int, object]:
+    """``{number: value of the trial system attribute key, or None}`` of the trials numbered in
+    ``[from_number, below)`` (``from_id``: see :func:`_window`)."""
+    storage = _rdb(study)
+    if storage is None:
+        return {t.number: t.system_attrs.get(key) for t in study.get_trials(deepcopy=False)
+                if t.number >= from_number and (below is None or t.number < below)}
+    from optuna.storages._rdb import models
+    from sqlalchemy import select
+
+    trials = models.TrialModel.__table__
+    system = models.TrialSystemAttributeModel.__table__
+    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
+    if below is not None:
+        where.append(trials.c.number < below)
+    with storage.engine.connect() as conn:
+        numbers = [row[:2] for row in _window(conn, study, from_number, below, from_id)]
+        joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
+        found = dict(conn.execute(joined(system, system.c.value_json).where(system.c.key == key)).all())
+    return {number: json.loads(found[trial_id]) if trial_id in found else None for trial_id, number in numbers}
+
+
+def trial_params(study, from_number: int = 0, below: int | None = None, from_id: int = 0) -> dict[int, dict]:
     """``{number: params}`` of the trials numbered in ``[from_number, below)``; a queued trial
-    that has no params yet gives the params it was enqueued with (``fixed_params``)."""
+    that has no params yet gives the params it was enqueued with (``fixed_params``).
+    ``from_id``: see :func:`_window`."""
     storage = _rdb(study)
     if storage is None:
         return {t.number: dict(t.params or t.system_attrs.get("fixed_params") or {})
@@ -228,7 +306,7 @@ def trial_params(study, from_number: int = 0, below: int | None = None) -> dict[
     if below is not None:
         where.append(trials.c.number < below)
     with storage.engine.connect() as conn:
-        numbers = conn.execute(select(trials.c.trial_id, trials.c.number).where(*where)).all()
+        numbers = [row[:2] for row in _window(conn, study, from_number, below, from_id)]
         joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
         values = conn.execute(joined(params, params.c.param_name, params.c.param_value, params.c.distribution_json)).all()
         fixed = conn.execute(joined(system, system.c.value_json).where(system.c.key == "fixed_params")).all()

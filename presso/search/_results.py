@@ -59,7 +59,12 @@ def _plan_summary(plan: dict | None) -> str:
         return f"{len(layers)} modules: " + ", ".join(f"{n} {name}" for name, n in formats.most_common())
     bits = [cfg["quant"]["bits"] for cfg in layers.values()]
     sparsity = [cfg["sparsity"]["amount"] for cfg in layers.values()]
-    return f"{len(layers)} modules, mean {sum(bits) / len(bits):.2f} bits, mean sparsity {sum(sparsity) / len(sparsity):.2f}"
+    text = f"{len(layers)} modules, mean {sum(bits) / len(bits):.2f} bits, mean sparsity {sum(sparsity) / len(sparsity):.2f}"
+    # Which quantizer the quantized layers use (a stored plan omits method at its default, rtn).
+    methods = Counter(cfg["quant"].get("method", "rtn") for cfg in layers.values() if cfg["quant"]["bits"] < 16)
+    if set(methods) - {"rtn"}:
+        text += ", " + ", ".join(f"{n} {name}" for name, n in methods.most_common())
+    return text
 
 
 def pareto_table(study, fmt: str = "table", index: StudyIndex | None = None) -> str:

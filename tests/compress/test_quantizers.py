@@ -243,3 +243,24 @@ def test_layer_cache_reuses_layers_and_misses_on_another_model(llama, ids):
     small = LayerCache(max_bytes=2000)
     compress_(copy.deepcopy(llama), plan, calibration=stats, cache=small)
     assert small._bytes <= 2000
+
+
+def test_gptq_factors_hessian_once_per_layer_input(llama, ids):
+    from presso.compress.quantizers.gptq import FACTORS
+
+    stats = collect_calibration(llama, ids, hessians=True)
+    inputs = len({id(h) for h in stats.hessians.values()})  # q/k/v share one, gate/up one
+    assert inputs < len(stats.hessians)
+    misses, hits = FACTORS.misses, FACTORS.hits
+    plan = lambda bits: Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=bits, group_size=16, method="gptq"))})  # noqa: E731
+    first = copy.deepcopy(llama)
+    compress_(first, plan(3), calibration=stats)
+    assert FACTORS.misses - misses == inputs and FACTORS.hits - hits == len(stats.hessians) - inputs
+    compress_(copy.deepcopy(llama), plan(4), calibration=stats)  # another choice: every factor reused
+    assert FACTORS.misses - misses == inputs
+    # A reused factor gives the codes a fresh factorisation gives.
+    name = "model.layers.1.self_attn.v_proj"
+    w = dict(llama.named_modules())[name].weight.detach()
+    cached = gptq_quantize(w, stats.hessians[name], 3, 16, False, act_order=True)
+    fresh = gptq_quantize(w, stats.hessians[name].clone(), 3, 16, False, act_order=True)
+    assert all(torch.equal(a, b) for a, b in zip(cached, fresh))

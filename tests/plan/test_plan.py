@@ -41,7 +41,7 @@ def test_n_m_structure_implies_amount():
         (lambda: QuantConfig(symmetric="yes"), "quant.symmetric"),
         (lambda: AdapterConfig(rank=-1), "adapter.rank: got -1"),
         (lambda: RecoveryConfig(lr=0), "recovery.lr: got 0"),
-        (lambda: Plan(criterion="sparsegpt"), r"plan.criterion: got 'sparsegpt'; allowed: \['magnitude', 'wanda'\]"),
+        (lambda: Plan(criterion="obs"), r"plan.criterion: got 'obs'; allowed: \['magnitude', 'wanda', 'sparsegpt'\]"),
         (lambda: Plan(layers={"re:(": LayerConfig()}), "not a valid regex"),
     ],
 )
@@ -127,7 +127,7 @@ plans = st.builds(
     layers=st.dictionaries(st.from_regex(r"[a-z]{1,4}(\.[0-9]{1,2}\.[a-z_]{1,6})?", fullmatch=True), layer_configs,
                            max_size=6),
     model=st.one_of(st.none(), st.just("builtin:smollm2-135m")),
-    criterion=st.sampled_from(["magnitude", "wanda"]),
+    criterion=st.sampled_from(["magnitude", "wanda", "sparsegpt"]),
     seed=st.integers(0, 2**31),
 )
 

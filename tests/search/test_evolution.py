@@ -205,3 +205,23 @@ def test_a_presso_study_runs_with_evo(tmp_path):
     study = load_existing_study("evo", config.storage)
     assert all(t.state == TrialState.COMPLETE for t in study.trials)
     assert children(study) and all("seeded" not in t.user_attrs for t in children(study))
+
+
+def test_tried_plans_come_from_digests_and_from_params_where_none(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    from presso.search._evolution import DIGEST_ATTR, _digest, _StudyMemory
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = optuna.create_study(directions=MIN2, storage=url, sampler=LocalSearchSampler(seed=0, n_startup_trials=100))
+    study.optimize(small, n_trials=6)  # told through the sampler: each has its digest
+    told = study.trials
+    assert all(t.system_attrs[DIGEST_ATTR] == _digest(t.params) for t in told)
+    legacy = create_trial(params={"x": 0.3}, distributions={"x": FloatDistribution(0, 1)}, values=[1.0, 1.0])
+    study.add_trial(legacy)  # like a trial from before digests: none stored
+    memory = _StudyMemory(study)
+    memory.index.refresh()
+    final, recent = memory.seen()
+    assert final == {_digest(t.params) for t in told} | {_digest({"x": 0.30000000000000004})} and not recent
+    assert _digest({"x": 1}) == _digest({"x": 1.0})

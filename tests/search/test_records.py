@@ -155,3 +155,22 @@ def test_the_index_agrees_with_a_full_read_and_stays_right_incrementally(tmp_pat
     rows = trial_rows(study)
     for number in (10, 61, 75):
         assert index.ahead_of(number) == sum(r.number < number and (r.counted or r.state == "WAITING") for r in rows)
+
+
+def test_ask_pops_queued_trials_in_order_without_reading_the_study(tmp_path):
+    from presso.search._driver import ask
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    study = _synthetic(url, 40)  # 40 finished trials, then one queued: {"x": 0.5}
+    study.enqueue_trial({"x": 0.25})
+    other = optuna.load_study(study_name="synthetic", storage=url)  # another worker claims the first queued one
+    assert other.ask().params == {} and other.trials[-2].state.name == "RUNNING"
+    mine = optuna.load_study(study_name="synthetic", storage=url)
+    trial = ask(mine)
+    assert trial.number == 41 and trial.suggest_float("x", 0, 1) == 0.25
+    # Only the claimed trial entered Optuna's cache (study.ask() would have read all 42).
+    assert list(mine._storage._studies[mine._study_id].trials) == [41]
+    mine.tell(trial, [0.1, 0.2])
+    fresh = ask(mine)  # nothing queued any more: a new trial
+    assert fresh.number == 42 and fresh.params == {}
+    assert [t.number for t in mine.get_trials() if t.state.name == "COMPLETE"][-1] == 41

@@ -140,17 +140,18 @@ def test_a_stale_trial_is_failed_and_retried_on_every_store(store_url, study_nam
 CLAIMER = textwrap.dedent("""
     import json, sys, optuna
     from presso.search import open_storage
+    from presso.search._driver import ask
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     study = optuna.load_study(study_name=sys.argv[2], storage=open_storage(sys.argv[1]))
     claimed = []
-    while (trial_id := study._pop_waiting_trial_id()) is not None:
-        claimed.append(trial_id)
+    while (trial := ask(study))._fixed_params:  # then a new trial: the queue is empty
+        claimed.append(trial._trial_id)
     print(json.dumps(claimed))
 """)
 
 
 def test_four_processes_never_claim_the_same_waiting_trial(store_url, study_name):
-    """Queued trials (warm start, retries) are claimed once each. Before SQLite transactions
+    """Queued trials (warm start, retries) are claimed once each by the driver's ``ask``. Before SQLite transactions
     began with ``BEGIN IMMEDIATE``, 4 processes claimed 31 of 200 queued trials twice."""
     import optuna
 

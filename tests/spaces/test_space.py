@@ -105,8 +105,8 @@ def test_bad_spaces(group, message):
 
 
 def test_defaults_are_validated_early():
-    with pytest.raises(PressoError, match="space.defaults: plan.criterion: got 'sparsegpt'"):
-        SearchSpace.from_dict({"defaults": {"criterion": "sparsegpt"}, "groups": [{"modules": ["x"]}]})
+    with pytest.raises(PressoError, match="space.defaults: plan.criterion: got 'obs'"):
+        SearchSpace.from_dict({"defaults": {"criterion": "obs"}, "groups": [{"modules": ["x"]}]})
 
 
 def test_uniform_choices_cover_grid_and_clamp():

@@ -9,6 +9,9 @@ imatrix    int     norms      scale/zero chosen on a grid by activation-weighted
 gptq       int     hessian    error feedback through X^T X (Frantar et al., 2022)
 ========== ======= ========== =====================================================
 
+SparseGPT (pruning with the same Hessians, and joint pruning + GPTQ in one sweep) is a pruning
+criterion, ``criterion: sparsegpt``, in :mod:`presso.compress._sparsegpt`.
+
 A new method is one module with a :class:`Quantizer` subclass decorated with
 :func:`register_quantizer`, plus its name in :data:`presso.plan.QUANT_METHODS`.
 """

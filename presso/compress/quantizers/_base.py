@@ -57,7 +57,8 @@ class QuantLayout:
         bits: code width.
         group_size: inputs per group (0 = one group per output row).
         symmetric: implicit zero point ``2**(bits-1)`` (``"int"`` layout only).
-        extras: any further tensors a method stores (none of the built-in methods).
+        extras: any further tensors kept with the layout (SparseGPT's joint GPTQ layers keep their
+            keep-mask here, so a cached entry restores the mask too; nothing here is stored on disk).
     """
 
     codes: torch.Tensor

@@ -3,9 +3,11 @@
 GPTQ costs far more than round-to-nearest (a Cholesky factorisation and a column loop per
 layer), but its result depends only on the layer's weight, its calibration statistics and
 the choice; those are fixed for a worker, so EvoPress-style per-layer search can pay the
-cost once per (layer, choice). Keys are ``(module, method, bits, group_size, symmetric,
-sparsity, structure, criterion)``; an entry is used only while a sample of the (pruned) weight
-still matches the one it was made from, so another model with the same module names misses.
+cost once per (layer, choice). Keys are ``(module, method, format, bits, group_size, symmetric,
+sparsity, structure, criterion)`` (the zero kind follows from the method; with criterion
+``sparsegpt`` a GPTQ entry is the joint prune+quantize layout, its mask in ``extras``); an
+entry is used only while a sample of the (pruned) weight still matches the one it was made
+from, so another model with the same module names misses.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ def _fingerprint(weight: torch.Tensor, count: int = 1024) -> torch.Tensor:
 
 
 def _nbytes(layout: QuantLayout) -> int:
-    return sum(t.numel() * t.element_size() for t in (layout.codes, layout.scales, layout.zeros, layout.mins)
-               if t is not None)
+    extras = list((layout.extras or {}).values())
+    return sum(t.numel() * t.element_size() for t in (layout.codes, layout.scales, layout.zeros, layout.mins, *extras)
+               if isinstance(t, torch.Tensor))
 
 
 class LayerCache:
@@ -47,7 +50,7 @@ class LayerCache:
     @staticmethod
     def key(name: str, config, criterion) -> tuple:
         q, sp = config.quant, config.sparsity
-        return (name, q.method, q.bits, q.group_size, q.symmetric, sp.amount, sp.structure,
+        return (name, q.method, q.format, q.bits, q.group_size, q.symmetric, sp.amount, sp.structure,
                 getattr(criterion, "value", criterion))
 
     def get(self, key: tuple, weight: torch.Tensor) -> QuantLayout | None:

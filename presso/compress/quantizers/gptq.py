@@ -26,6 +26,9 @@ taking over the model, which is what a per-layer, per-trial search needs.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
+
 import torch
 
 from presso.compress.quantizers._base import QuantLayout, Quantizer, int_params, int_round
@@ -34,6 +37,59 @@ from presso.compress.quantizers.imatrix import search_params
 
 PERCDAMP = 0.01
 BLOCK = 128
+_FACTOR_BYTES = 1 << 29  # bound on the cached inverse-Hessian factors (512 MiB)
+
+
+class _FactorCache:
+    """The damped, permuted inverse-Hessian factor per layer input, computed once and reused.
+
+    q/k/v (and gate/up) share one ``X^T X`` tensor, and every trial that revisits a layer with
+    another bit width or group size needs the same factor; it depends only on the Hessian, the
+    column order and the damping. Entries are keyed by the Hessian tensor's identity and held
+    with a weak reference, so a new calibration pass (a new tensor) never reads a stale entry.
+    """
+
+    def __init__(self, max_bytes: int = _FACTOR_BYTES):
+        self.max_bytes, self.hits, self.misses = max_bytes, 0, 0
+        self._entries: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, hessian: torch.Tensor, act_order: bool, percdamp: float, build):
+        key = (id(hessian), hessian.device, act_order, percdamp)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0]() is hessian:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return entry[1]
+        self.misses += 1
+        value = build()
+        size = sum(t.numel() * t.element_size() for t in value if isinstance(t, torch.Tensor))
+        if size <= self.max_bytes:
+            self._entries[key] = (weakref.ref(hessian), value)
+            self._bytes += size
+            while self._bytes > self.max_bytes:
+                _, (_, old) = self._entries.popitem(last=False)
+                self._bytes -= sum(t.numel() * t.element_size() for t in old if isinstance(t, torch.Tensor))
+        return value
+
+
+FACTORS = _FactorCache()
+
+
+def _factor(H: torch.Tensor, act_order: bool, percdamp: float):
+    """``(dead, perm, Hinv)``: dead inputs, the column order (``None``: natural) and the upper
+    Cholesky factor of ``(H_perm + damp I)^-1`` (row i: the update weights for column i)."""
+    in_f = H.shape[0]
+    H = H.clone()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1.0
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
+    if perm is not None:
+        H = H[perm][:, perm]
+    damp = percdamp * torch.mean(torch.diag(H))
+    H[range(in_f), range(in_f)] += damp
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    return dead, perm, Hinv
 
 
 def _params(w: torch.Tensor, imp: torch.Tensor | None, bits: int, symmetric: bool):
@@ -67,56 +123,71 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor | None, bits: int,
     g = in_f if group_size == 0 else group_size
     device = weight.device
     W = weight.detach().to(torch.float32).clone()
-    H = (torch.eye(in_f, device=device) if hessian is None else hessian.to(device, torch.float32).clone())
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1.0
+    if hessian is None:
+        dead, perm, Hinv = _factor(torch.eye(in_f, device=device), act_order, percdamp)
+    else:
+        H = hessian if hessian.device == device and hessian.dtype == torch.float32 else hessian.to(device, torch.float32)
+        dead, perm, Hinv = FACTORS.get(H, act_order, percdamp, lambda: _factor(H, act_order, percdamp))
     W[:, dead] = 0.0
     keep = None if mask is None else mask.to(device).bool()
     static = act_order or g == in_f
-    diag = torch.diag(H).clone()
-    imp = diag + 1e-6 * diag.mean() if search else None
+    if search:
+        diag = torch.diag(hessian.to(device, torch.float32)).clone() if hessian is not None else torch.ones(in_f, device=device)
+        diag[dead] = 1.0
+        imp = diag + 1e-6 * diag.mean()
+    else:
+        imp = None
     if static:
         scales, zeros = _grid(W if keep is None else W * keep, imp, bits, group_size, symmetric)
     else:
         scales = torch.empty(out_f, in_f // g, dtype=torch.float16, device=device)
         zeros = torch.empty(out_f, in_f // g, dtype=torch.float32, device=device)
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else None
     if perm is not None:
-        W, H = W[:, perm], H[perm][:, perm]
+        W = W[:, perm]
         keep = None if keep is None else keep[:, perm]
-    damp = percdamp * torch.mean(torch.diag(H))
-    H[range(in_f), range(in_f)] += damp
-    # Upper Cholesky factor of H^-1: row i holds the update weights for column i (Algorithm 1).
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
-    Q = torch.empty_like(W)
-    cols = perm.tolist() if perm is not None else None
+    # NOTE: the sweep runs on transposed copies ([in, out]): a column is then a contiguous row and
+    # the rank-1 update of the columns still to come is one contiguous block (about 2x faster on CPU).
+    # Per-column scale and zero point are full maps in visiting order, so the column loop is a
+    # handful of vector ops: round(w / s) + z clamped is int_round's arithmetic to the bit
+    # (symmetric: zero 2**(bits-1), codes 1 .. 2**bits - 1).
+    qmax, lowest = float((1 << bits) - 1), 1.0 if symmetric else 0.0
+    WT = W.t().contiguous()
+    if static:
+        S = scales.to(torch.float32).repeat_interleave(g, dim=1)
+        Z = zeros.repeat_interleave(g, dim=1)
+        if perm is not None:
+            S, Z = S[:, perm], Z[:, perm]
+        ST, ZT = S.t().contiguous(), Z.t().contiguous()
+    else:
+        ST, ZT = torch.empty_like(WT), torch.empty_like(WT)
+    KT = None if keep is None else keep.t().contiguous()
+    QT = torch.empty_like(WT)
     # Blocks hold whole groups, so a group's grid is set from fully error-updated weights.
     block = max(g, (block // g) * g) if not static else block
     for i1 in range(0, in_f, block):
         i2 = min(i1 + block, in_f)
-        W1 = W[:, i1:i2].clone()
-        Q1 = torch.empty_like(W1)
+        W1 = WT[i1:i2].clone()
+        Q1 = QT[i1:i2]
         Err1 = torch.empty_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
+        S1, Z1 = ST[i1:i2], ZT[i1:i2]
         for i in range(i2 - i1):
-            col = cols[i1 + i] if cols is not None else i1 + i
-            gi = col // g
-            if not static and col % g == 0:
-                s, z = _params(W1[:, i:i + g].unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
+            if not static and (i1 + i) % g == 0:
+                col, gi = i1 + i, (i1 + i) // g
+                s, z = _params(W1[i:i + g].t().unsqueeze(1), None if imp is None else imp[col:col + g].unsqueeze(0),
                                bits, symmetric)
                 scales[:, gi], zeros[:, gi] = s[:, 0], z[:, 0]
-            s, z = scales[:, gi], zeros[:, gi]
-            w = W1[:, i]
-            q = int_round(w.unsqueeze(-1), s, z, bits, symmetric).squeeze(-1)
-            if keep is not None:
-                q = torch.where(keep[:, i1 + i], q, z)
-            deq = (q - z) * s.to(torch.float32)
-            Q1[:, i] = q
-            err = (w - deq) / Hinv1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * Hinv1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        Q[:, i1:i2] = Q1
-        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+                S1[i:i + g], Z1[i:i + g] = s[:, 0].to(torch.float32), z[:, 0]
+            w, s, z = W1[i], S1[i], Z1[i]
+            q = torch.round(w / s).add_(z).clamp_(lowest, qmax)
+            if KT is not None:
+                q = torch.where(KT[i1 + i], q, z)
+            Q1[i] = q
+            err = (w - (q - z).mul_(s)).div_(Hinv1[i, i])
+            W1[i:].addr_(Hinv1[i, i:], err, alpha=-1.0)
+            Err1[i] = err
+        WT[i2:] -= Hinv[i1:i2, i2:].t() @ Err1
+    Q = QT.t().contiguous()
     if perm is not None:
         Q = Q[:, torch.argsort(perm)]
     codes = Q.to(torch.uint8)
