@@ -215,6 +215,19 @@ def _per_trial(trials, where, trial_ids: list[int], from_number: int):
     return joined
 
 
+def _numbered(conn, study, from_number: int, below: int | None, from_id: int):
+    """``[(trial_id, number)]`` of the trials numbered in ``[from_number, below)``, and the
+    :func:`_per_trial` select for their rows of any per-trial table."""
+    from optuna.storages._rdb import models
+
+    trials = models.TrialModel.__table__
+    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
+    if below is not None:
+        where.append(trials.c.number < below)
+    numbers = [row[:2] for row in _window(conn, study, from_number, below, from_id)]
+    return numbers, _per_trial(trials, where, [row[0] for row in numbers], from_number)
+
+
 def _light(trial, names: list[str]) -> TrialRow:
     row = row_from_trial(trial)
     row.trial_id = trial._trial_id
@@ -272,16 +285,10 @@ def trial_system_attr(study, key: str, from_number: int = 0, below: int | None =
         return {t.number: t.system_attrs.get(key) for t in study.get_trials(deepcopy=False)
                 if t.number >= from_number and (below is None or t.number < below)}
     from optuna.storages._rdb import models
-    from sqlalchemy import select
 
-    trials = models.TrialModel.__table__
     system = models.TrialSystemAttributeModel.__table__
-    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
-    if below is not None:
-        where.append(trials.c.number < below)
     with storage.engine.connect() as conn:
-        numbers = [row[:2] for row in _window(conn, study, from_number, below, from_id)]
-        joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
+        numbers, joined = _numbered(conn, study, from_number, below, from_id)
         found = dict(conn.execute(joined(system, system.c.value_json).where(system.c.key == key)).all())
     return {number: json.loads(found[trial_id]) if trial_id in found else None for trial_id, number in numbers}
 
@@ -297,17 +304,11 @@ def trial_params(study, from_number: int = 0, below: int | None = None, from_id:
                 if t.number >= from_number and (below is None or t.number < below)}
     from optuna.distributions import json_to_distribution
     from optuna.storages._rdb import models
-    from sqlalchemy import select
 
-    trials = models.TrialModel.__table__
     params = models.TrialParamModel.__table__
     system = models.TrialSystemAttributeModel.__table__
-    where = [trials.c.study_id == study._study_id, trials.c.number >= from_number]
-    if below is not None:
-        where.append(trials.c.number < below)
     with storage.engine.connect() as conn:
-        numbers = [row[:2] for row in _window(conn, study, from_number, below, from_id)]
-        joined = _per_trial(trials, where, [row[0] for row in numbers], from_number)
+        numbers, joined = _numbered(conn, study, from_number, below, from_id)
         values = conn.execute(joined(params, params.c.param_name, params.c.param_value, params.c.distribution_json)).all()
         fixed = conn.execute(joined(system, system.c.value_json).where(system.c.key == "fixed_params")).all()
     number_of = dict(numbers)

@@ -96,8 +96,15 @@ def model_folder(model) -> Path:
     return Path(str(getattr(model.config, "_name_or_path", "") or ""))
 
 
-def _add_name(writer, model) -> None:
+def _add_common(writer, model) -> None:
+    """The keys every architecture has: the model's name and its transformer's shape."""
+    c = model.config
     writer.add_name(str(model_folder(model)).rstrip("/").rsplit("/", 1)[-1] or "presso")
+    writer.add_block_count(c.num_hidden_layers)
+    writer.add_context_length(c.max_position_embeddings)
+    writer.add_embedding_length(c.hidden_size)
+    writer.add_feed_forward_length(c.intermediate_size)
+    writer.add_head_count(c.num_attention_heads)
 
 
 # --- llama -------------------------------------------------------------------------------------
@@ -151,12 +158,7 @@ class LlamaArch(GGUFArch):
         import gguf
 
         c = model.config
-        _add_name(writer, model)
-        writer.add_block_count(c.num_hidden_layers)
-        writer.add_context_length(c.max_position_embeddings)
-        writer.add_embedding_length(c.hidden_size)
-        writer.add_feed_forward_length(c.intermediate_size)
-        writer.add_head_count(c.num_attention_heads)
+        _add_common(writer, model)
         writer.add_head_count_kv(c.num_key_value_heads)
         rope = getattr(c, "rope_parameters", None) or {}
         theta = rope.get("rope_theta", getattr(c, "rope_theta", 10000.0))
@@ -261,12 +263,7 @@ class BertArch(GGUFArch):
         if getattr(c, "position_embedding_type", "absolute") != "absolute":
             raise PressoError(f"target gguf: position_embedding_type {c.position_embedding_type!r}; allowed: 'absolute' "
                               "(llama.cpp's bert architecture)")
-        _add_name(writer, model)
-        writer.add_block_count(c.num_hidden_layers)
-        writer.add_context_length(c.max_position_embeddings)
-        writer.add_embedding_length(c.hidden_size)
-        writer.add_feed_forward_length(c.intermediate_size)
-        writer.add_head_count(c.num_attention_heads)
+        _add_common(writer, model)
         writer.add_layer_norm_eps(float(c.layer_norm_eps))
         writer.add_causal_attention(False)
         writer.add_pooling_type(gguf.PoolingType[_pooling(model_folder(model))])

@@ -75,8 +75,12 @@ def test_new_trials_store_params_and_rebuild_the_evaluated_plan(tmp_path):
     assert max(len(json.dumps(t.user_attrs)) for t in trials) < 1000
 
 
-def test_a_resumed_legacy_study_reads_both_forms(legacy):
-    config = _tiny(legacy, name="legacy", trials=5)
+def test_a_resumed_legacy_study_reads_both_forms(legacy, tmp_path):
+    # A study resumes only on its own space: the fixture's is the tiny space of its day.
+    stored = optuna.load_study(study_name="legacy", storage=legacy).user_attrs["presso"]["space"]
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(stored))
+    config = replace(_tiny(legacy, name="legacy", trials=5), space=str(space))
     run_study(config, progress=False, max_trials_here=2)
     study = load_existing_study("legacy", legacy)
     assert MODULES_KEY in study_info(study)
