@@ -6,7 +6,8 @@ A target answers five questions for the search and for ``presso apply``:
   (:meth:`Target.check_plan` raises a one-line :class:`~presso.errors.PressoError` naming the
   module, the choice and what the target offers);
 * how to reproduce in torch exactly the weights the runtime computes with (the compression
-  engine quantizes on the target's grid, so a trial scores what will be deployed);
+  engine quantizes on the target's grid, so a trial scores what will be deployed), and what else
+  the runtime rounds while it computes (:meth:`Target.emulate`: llama.cpp's 8-bit activations);
 * the exact bytes of the file it writes, predicted before anything is written
   (:meth:`Target.predict_bytes`; the size objectives read it);
 * how to write that file (:meth:`Target.write`);
@@ -17,6 +18,7 @@ A target answers five questions for the search and for ``presso apply``:
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -70,6 +72,11 @@ class Target(Protocol):
 
     def kernels(self, model, result) -> dict[str, str]:
         """``{module: kernel}``: what the runtime computes each weight matrix with, in words."""
+
+    def emulate(self, model, result) -> AbstractContextManager:
+        """A context under which the compressed torch ``model`` computes as the runtime does
+        beyond its weights (trials are measured inside it); a no-op where the runtime computes
+        in the model's own float type."""
 
 
 def kernel_counts(kernels: dict[str, str]) -> dict[str, int]:

@@ -109,17 +109,31 @@ def matmul_kernel(fmt: str, out_features: int) -> str:
     return f"CPU vec_dot {pair}"
 
 
+def _matmul_formats(model, result) -> dict[str, tuple[str, str | None]]:
+    """``{Linear: (format, tied table or None)}``: the ggml type each matmul weight is stored as
+    (a tied head is the table's type; a module the plan leaves alone is F32)."""
+    formats = {name: rec.format for name, rec in result.modules.items() if rec.format is not None}
+    embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    out = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            table = embeddings.get(id(module.weight))
+            out[name] = (formats.get(table if table is not None else name, "F32"), table)
+    return out
+
+
+def activation_types(model, result) -> dict[str, str]:
+    """``{Linear: vec_dot_type}``: what ggml rounds each matmul's activations to (every kernel,
+    repacked, llamafile or vec_dot, takes the weight type's ``vec_dot_type``)."""
+    return {name: vec_dot_type(fmt) for name, (fmt, _) in _matmul_formats(model, result).items()}
+
+
 def layer_kernels(model, result) -> dict[str, str]:
     """``{module: kernel}`` for every weight matrix of ``model`` as ``result`` stores it in a GGUF."""
     formats = {name: rec.format for name, rec in result.modules.items() if rec.format is not None}
-    embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
-    kernels = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding):
-            kernels[name] = f"CPU get_rows {formats.get(name, 'F32').lower()}"
-        elif isinstance(module, nn.Linear):
-            table = embeddings.get(id(module.weight))
-            fmt = formats.get(table if table is not None else name, "F32")
-            kernel = matmul_kernel(fmt, module.weight.shape[0])
-            kernels[name] = kernel if table is None else f"{kernel} (tied: a second copy of {table})"
+    kernels = {name: f"CPU get_rows {formats.get(name, 'F32').lower()}"
+               for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    for name, (fmt, table) in _matmul_formats(model, result).items():
+        kernel = matmul_kernel(fmt, model.get_submodule(name).weight.shape[0])
+        kernels[name] = kernel if table is None else f"{kernel} (tied: a second copy of {table})"
     return kernels

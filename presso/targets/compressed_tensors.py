@@ -26,6 +26,7 @@ other shapes fall back to vLLM's other mixed-precision kernels).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import uuid
@@ -305,6 +306,10 @@ class CompressedTensorsTarget:
                              f"torch dense matmul on {_format_name((rec.bits, rec.group_size, rec.symmetric))} "
                              "decompressed by compressed-tensors at the first forward")
         return kernels
+
+    def emulate(self, model, result):
+        """Nothing to emulate: transformers and vLLM's W4A16/W8A16 kernels dequantize to the activations' float type."""
+        return contextlib.nullcontext(model)
 
 
 # safetensors header metadata, as save_pretrained writes it (vLLM and transformers read "format").

@@ -186,3 +186,11 @@ class GGUFTarget:
         stored = {e.key.removesuffix(".weight") for e in layout(model).entries}
         # NOTE: a module the file leaves out (BERT's pooler, as llama.cpp's converter does) runs no kernel.
         return {name: k for name, k in layer_kernels(model, result).items() if name in stored or "(tied" in k}
+
+    def emulate(self, model, result):
+        """ggml rounds each matmul's activations to the weight type's ``vec_dot_type`` (8-bit
+        blocks for quantized types): the trial's model does the same while it is measured."""
+        from presso.targets._ggml_activations import runtime_activations
+        from presso.targets._ggml_kernels import activation_types
+
+        return runtime_activations(model, activation_types(model, result))

@@ -44,10 +44,10 @@ def test_gguf_study_on_smollm2_reproduces_in_llama_cpp(tmp_path, monkeypatch, ca
     recorded, scored = _export_apply(capsys, study, "smol-gguf", "small.gguf", "--target", "gguf")
     assert (tmp_path / "small.gguf").stat().st_size == recorded["metrics"]["size_bytes"]
     assert scored["size_fraction"] == pytest.approx(recorded["values"]["size_fraction"], rel=1e-12)
-    # llama.cpp computes with 8-bit activations in quantized matmuls, which the trial (fp32
-    # activations) does not model: measured 0.4% on earlier plans, but 1.7% on this seed's smallest
-    # plan (IQ4_NL, Q3_K and Q4_K tensors, 4 x 64 tokens), above issue 11's 1%: open, see its note.
-    assert scored["ppl_ratio"] == pytest.approx(recorded["values"]["ppl_ratio"], rel=0.025)
+    # The trial computes with llama.cpp's 8-bit activations (GGUFTarget.emulate): this seed's
+    # smallest plan scored 1.10945 in the trial and 1.11606 in llama.cpp (0.6%; 1.7% before the
+    # emulation). Issue 11 asks for 1%.
+    assert scored["ppl_ratio"] == pytest.approx(recorded["values"]["ppl_ratio"], rel=0.01)
     # Each trial says which ggml kernel ran each weight: 30 blocks x 7 Linear, the table, the tied head.
     import optuna
 
