@@ -87,7 +87,6 @@ def main() -> None:
                 stock.unlink()
         for name, plan in plans.items():
             model, result = evaluator.assets.compress(plan, reuse=True)
-            # Plans without an importance-matrix format run without calibration: same as a trial.
             with torch.no_grad():
                 float_ppl = perplexity(model, ids)
                 with target.emulate(model, result):

@@ -109,16 +109,21 @@ def matmul_kernel(fmt: str, out_features: int) -> str:
     return f"CPU vec_dot {pair}"
 
 
+def _format(result, name: str) -> str:
+    """The ggml type ``result`` stores module ``name`` as (F32 when the plan leaves it alone)."""
+    rec = result.modules.get(name)
+    return rec.format if rec is not None and rec.format is not None else "F32"
+
+
 def _matmul_formats(model, result) -> dict[str, tuple[str, str | None]]:
     """``{Linear: (format, tied table or None)}``: the ggml type each matmul weight is stored as
     (a tied head is the table's type; a module the plan leaves alone is F32)."""
-    formats = {name: rec.format for name, rec in result.modules.items() if rec.format is not None}
     embeddings = {id(m.weight): name for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     out = {}
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             table = embeddings.get(id(module.weight))
-            out[name] = (formats.get(table if table is not None else name, "F32"), table)
+            out[name] = (_format(result, table if table is not None else name), table)
     return out
 
 
@@ -130,8 +135,7 @@ def activation_types(model, result) -> dict[str, str]:
 
 def layer_kernels(model, result) -> dict[str, str]:
     """``{module: kernel}`` for every weight matrix of ``model`` as ``result`` stores it in a GGUF."""
-    formats = {name: rec.format for name, rec in result.modules.items() if rec.format is not None}
-    kernels = {name: f"CPU get_rows {formats.get(name, 'F32').lower()}"
+    kernels = {name: f"CPU get_rows {_format(result, name).lower()}"
                for name, m in model.named_modules() if isinstance(m, nn.Embedding)}
     for name, (fmt, table) in _matmul_formats(model, result).items():
         kernel = matmul_kernel(fmt, model.get_submodule(name).weight.shape[0])

