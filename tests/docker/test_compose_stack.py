@@ -40,12 +40,14 @@ def sh(*args, timeout=120, env=None, check=True) -> subprocess.CompletedProcess:
 
 
 def logs(compose, env) -> str:
-    """The services' last lines and the head's Ray Client server logs (where a driver that
-    cannot join says why)."""
+    """The services' last lines, the head's raylet log (where a node that never registers says
+    why, e.g. a port in use) and its Ray Client server logs (where a driver that cannot join
+    says why)."""
     out = sh(*compose, "logs", "--no-color", "--tail", "40", timeout=60, env=env, check=False).stdout[-6000:]
-    ray_client = sh(*compose, "exec", "-T", "ray-head", "sh", "-c",
-                    "tail -n 30 /tmp/ray/session_latest/logs/ray_client_server*.err", timeout=60, env=env, check=False)
-    return f"{out}\n{ray_client.stdout[-4000:]}"
+    head = sh(*compose, "exec", "-T", "ray-head", "sh", "-c",
+              "tail -n 20 /tmp/ray/session_latest/logs/raylet.err /tmp/ray/session_latest/logs/raylet.out;"
+              "tail -n 30 /tmp/ray/session_latest/logs/ray_client_server*.err", timeout=60, env=env, check=False)
+    return f"{out}\n{head.stdout[-6000:]}"
 
 
 @pytest.fixture(scope="module")
