@@ -12,7 +12,6 @@ from presso.errors import PressoError, check_keys, did_you_mean
 DEFAULT_DIR = "presso-runs"
 DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/studies.db"
 DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR}/mlflow.db"
-SAMPLERS = ("nsga2", "evo", "tpe", "gp", "random", "uniform")
 BACKENDS = ("local", "ray")
 
 
@@ -234,8 +233,12 @@ class StudyConfig:
         if isinstance(constraints, str):
             constraints = (constraints,)
         object.__setattr__(self, "constraints", tuple(constraints))
-        if self.sampler not in SAMPLERS:
-            raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}; allowed: {list(SAMPLERS)}")
+        # The sampler registry is the allowlist, so a registered plugin sampler is accepted here.
+        from presso.search._samplers import sampler_names
+
+        if self.sampler not in sampler_names():
+            raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(str(self.sampler), sampler_names())}; "
+                              f"allowed: {sampler_names()}")
         from presso.targets import target_names
 
         if self.target not in target_names():

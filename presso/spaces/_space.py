@@ -14,7 +14,7 @@ A space file::
         bits: [4, 8, 16]
         group_size: [32, 64]             # asked only when bits < 16
         symmetric: false
-        method: [rtn, gptq]              # quantizer (presso.plan.QUANT_METHODS); asked only when bits < 16
+        method: [rtn, gptq]              # quantizer (presso.plan.quant_methods()); asked only when bits < 16
         rank: 0                          # LoRA rank; a list such as [0, 8] to search it
 
 A scalar is a fixed value, a list a choice, a mapping with ``low``/``high`` a range. A module
