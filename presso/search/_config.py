@@ -228,6 +228,12 @@ class StudyConfig:
             raise PressoError(f"study.objectives: got {self.objectives!r}; allowed: a non-empty list of objective names")
         if len(set(objectives)) != len(objectives):
             raise PressoError(f"study.objectives: each objective may appear once, got {list(objectives)!r}")
+        from presso.objectives import registered_objectives  # the registry only: no torch
+
+        for name in objectives:
+            if name not in registered_objectives():
+                raise PressoError(f"study.objectives: got {name!r}{did_you_mean(name, registered_objectives())}; "
+                                  f"registered objectives: {', '.join(registered_objectives())}")
         object.__setattr__(self, "objectives", tuple(objectives))
         constraints = self.constraints or ()
         if isinstance(constraints, str):

@@ -112,3 +112,28 @@ def test_registered_sampler_is_accepted_by_the_config_and_used_by_a_study(tmp_pa
     finally:
         unregister_sampler("counting_test")
     assert "counting_test" not in sampler_names()
+
+
+def test_study_objectives_are_checked_against_the_objective_registry():
+    from presso.objectives import BaseObjective, Direction, Task, register_objective, unregister_objective
+
+    with pytest.raises(PressoError, match=r"study.objectives: got 'perplexty' \(did you mean 'perplexity'\?\); "
+                                          r"registered objectives: .*size_fraction"):
+        StudyConfig(objectives=["perplexty", "size_fraction"])
+    with pytest.raises(PressoError, match="study.objectives: got 'zero_test'"):
+        StudyConfig(objectives=["zero_test"])
+
+    @register_objective
+    class _Zero(BaseObjective):
+        name = "zero_test"
+        direction = Direction.MINIMIZE
+        unit = ""
+        tasks = (Task.CAUSAL_LM,)
+
+        def compute(self, model, ctx, trial):
+            return 0.0
+
+    try:
+        assert StudyConfig(objectives=["zero_test"]).objectives == ("zero_test",)
+    finally:
+        unregister_objective("zero_test")
