@@ -217,6 +217,9 @@ class StudyConfig:
     base_dir: str = "."  # where relative paths in the file are resolved; not a user key
 
     def __post_init__(self):
+        from presso.plugins import load_plugins
+
+        load_plugins()  # once per process: plugin samplers, objectives and targets are then registered
         if not isinstance(self.name, str) or not self.name.strip():
             raise PressoError(f"study.name: got {self.name!r}; allowed: a non-empty string")
         if not isinstance(self.model, str) or not self.model:
