@@ -84,7 +84,8 @@ def presso_run(tmp_path, plugin_root, **changes):
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
 
 
-def test_a_plugin_sampler_and_objective_run_in_presso_run(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])  # 2: worker processes load the plugin too
+def test_a_plugin_sampler_and_objective_run_in_presso_run(tmp_path, workers):
     root = install(tmp_path / "site", "presso_test_plugin", {"samplers": SAMPLERS, "objectives": OBJECTIVES}, """
         [presso.samplers]
         plugin_random = presso_test_plugin.samplers
@@ -92,7 +93,7 @@ def test_a_plugin_sampler_and_objective_run_in_presso_run(tmp_path):
         [presso.objectives]
         plugin_double_size = presso_test_plugin.objectives:register
     """)
-    done = presso_run(tmp_path, root)
+    done = presso_run(tmp_path, root, workers=workers)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "with plugin_random" in done.stdout
 
