@@ -15,6 +15,7 @@ See ``presso/compress/README.md`` for the techniques and the on-disk format.
 """
 
 from presso.compress._calibration import CalibrationStats, TeacherCache, collect_calibration
+from presso.compress._kl import KL_TAIL_LOG_FLOOR, gather_with_tail, topk_kl, topk_with_tail
 from presso.compress._compress import CompressedModule, CompressionResult, compress_, validate_plan
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._pack import pack_bits, packed_nbytes, unpack_bits
@@ -23,6 +24,7 @@ from presso.compress._save import LoadedCompressed, SavedReport, load_compressed
 from presso.compress._size import ModuleSize, SizeReport, predict_size
 
 __all__ = [
+    "KL_TAIL_LOG_FLOOR",
     "CalibrationStats",
     "CompressedModule",
     "CompressionResult",
@@ -36,6 +38,7 @@ __all__ = [
     "compressible_modules",
     "dequantize",
     "embedding_modules",
+    "gather_with_tail",
     "load_compressed",
     "pack_bits",
     "packed_nbytes",
@@ -43,6 +46,8 @@ __all__ = [
     "quantize",
     "save_compressed",
     "target_modules",
+    "topk_kl",
+    "topk_with_tail",
     "unpack_bits",
     "validate_plan",
 ]

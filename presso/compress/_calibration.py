@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from presso.compress._kl import gather_with_tail, topk_kl, topk_with_tail
 from presso.errors import PressoError
 
 
@@ -225,7 +226,7 @@ class TeacherCache:
                 if causal:
                     logits = out.logits.to(torch.float32)
                     k = min(top_k, logits.shape[-1])
-                    top_lp, tail, ids = _topk_with_tail(logits, k)
+                    top_lp, ids, tail = topk_with_tail(logits, k)
                     parts["lp"].append(top_lp)
                     parts["ids"].append(ids.to(torch.int32))
                     parts["tail"].append(tail)
@@ -247,13 +248,8 @@ class TeacherCache:
             teacher = self.hidden[index]
             return (student - teacher).pow(2).mean() / teacher.pow(2).mean().clamp(min=1e-12)
         top_ids = self.top_ids[index].to(torch.long)
-        (s_top, s_tail) = _gather_with_tail(out.logits.to(torch.float32), top_ids)
-        t_top, t_tail = self.top_logprobs[index], self.tail_logprob[index]
-        # The tail bucket is empty when k covers the vocabulary (log-mass -inf): no term then.
-        # The student's tail is floored so an underflowed tail cannot make the loss infinite.
-        tail_term = torch.where(torch.isfinite(t_tail), t_tail.exp() * (t_tail - s_tail.clamp(min=-80.0)), 0.0)
-        kl = (t_top.exp() * (t_top - s_top)).sum(-1) + tail_term
-        return kl.mean()
+        s_top, s_tail = gather_with_tail(out.logits.to(torch.float32), top_ids)
+        return topk_kl(self.top_logprobs[index], self.tail_logprob[index], s_top, s_tail).mean()
 
     @torch.no_grad()
     def divergence(self, model: nn.Module, batch_size: int = 4) -> float:
@@ -270,19 +266,3 @@ class TeacherCache:
             model.train(was_training)
         return total / count
 
-
-def _topk_with_tail(logits: torch.Tensor, k: int):
-    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-    top, ids = logits.topk(k, dim=-1)
-    return top - logz, _tail(logits, ids, logz), ids
-
-
-def _gather_with_tail(logits: torch.Tensor, ids: torch.Tensor):
-    logz = torch.logsumexp(logits, dim=-1, keepdim=True)
-    return logits.gather(-1, ids) - logz, _tail(logits, ids, logz)
-
-
-def _tail(logits, ids, logz):
-    """log of the probability mass outside ``ids`` (computed by masking, not ``1 - sum``, for accuracy)."""
-    masked = logits.scatter(-1, ids, float("-inf"))
-    return (torch.logsumexp(masked, dim=-1, keepdim=True) - logz).squeeze(-1)

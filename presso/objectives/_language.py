@@ -5,11 +5,11 @@ All three come out of one forward pass over the evaluation batches, shared throu
 
 KL storage (the reason for ``top_k``): a full reference of next-token log-probs is
 ``positions x vocab`` floats, 400 MB in fp32 for 16 x 128 tokens of SmolLM2 (vocab 49,152).
-Instead the dense model's ``top_k`` log-probs (fp32) and token ids (int32) are kept per
-position, 16 MB for that example at the default ``top_k=1024``. KL is then taken over
-``top_k + 1`` outcomes: the dense model's top-k tokens and one bucket for all other tokens.
-By the data-processing inequality this never exceeds the full KL, equals it when
-``top_k >= vocab``, and is 0 exactly for the dense model against itself.
+Instead the dense model's ``top_k`` log-probs (fp32), token ids (int32) and tail log-mass are
+kept per position, 16 MB for that example at the default ``top_k=1024``. KL is then taken over
+``top_k + 1`` outcomes by :func:`presso.compress.topk_kl` (the one implementation, shared with
+recovery distillation): it never exceeds the full KL, equals it when ``top_k >= vocab``, and
+is 0 exactly for the dense model against itself.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ NLL_KEY = "causal_lm/nll"
 """``ctx.references[NLL_KEY] = (nll_sum, n_targets)`` of the dense model."""
 
 _PASS_KEY = "causal_lm/pass"
-_TAIL_FLOOR = 1e-12  # NOTE: floor on the tail-bucket mass, so a model that moves all mass into
-# the dense top-k still gets a finite (large) KL instead of an infinite one.
 
 
 def topk_key(top_k: int) -> str:
@@ -48,25 +46,13 @@ def _logits(model: Any, ids: Any, mask: Any) -> Any:
     return logits.float()
 
 
-def _log1mexp(x: Any) -> Any:
-    """``log(1 - exp(x))`` for ``x <= 0`` (the log of the mass outside a top-k set)."""
-    import torch
+def _kl_sum(reference: tuple, logp: Any, positions: Any) -> float:
+    """Summed top-k + tail KL of ``logp`` against one batch of the stored dense reference."""
+    from presso.compress import gather_with_tail, topk_kl
 
-    return torch.log(torch.clamp(-torch.expm1(torch.clamp(x, max=0.0)), min=0.0))
-
-
-def _kl_topk(ref_values: Any, ref_indices: Any, logq: Any) -> Any:
-    """Per-position KL(P || Q) over the dense top-k tokens plus one tail bucket, in float64."""
-    import torch
-
-    lp = ref_values.double()
-    lq = logq.gather(-1, ref_indices.long()).double()
-    head = (lp.exp() * (lp - lq)).sum(-1)
-    lp_rest = _log1mexp(torch.logsumexp(lp, dim=-1))
-    lq_rest = torch.clamp(_log1mexp(torch.logsumexp(lq, dim=-1)), min=math.log(_TAIL_FLOOR))
-    p_rest = lp_rest.exp()
-    tail = torch.where(p_rest > 0, p_rest * (lp_rest - lq_rest), torch.zeros_like(p_rest))
-    return head + tail
+    values, indices, tail = reference
+    q_top, q_tail = gather_with_tail(logp, indices)
+    return float(topk_kl(values.double(), tail.double(), q_top.double(), q_tail.double())[positions].sum())
 
 
 def _causal_pass(model: Any, ctx: EvalContext, store_top_k: int | None = None) -> dict[str, Any]:
@@ -78,7 +64,7 @@ def _causal_pass(model: Any, ctx: EvalContext, store_top_k: int | None = None) -
         store_top_k: also return the model's top-k log-probs per batch (for the dense reference).
 
     Returns:
-        ``{"nll": (sum, n_targets), "kl": {top_k: (sum, n_positions)}, "topk": [(values, ids)]}``.
+        ``{"nll": (sum, n_targets), "kl": {top_k: (sum, n_positions)}, "topk": [(values, ids, tail)]}``.
     """
     import torch
 
@@ -107,11 +93,12 @@ def _causal_pass(model: Any, ctx: EvalContext, store_top_k: int | None = None) -
         positions = mask.bool()
         n_positions += int(positions.sum())
         for k, ref in kl_refs.items():
-            values, indices = ref[b]
-            kl_sums[k] += float(_kl_topk(values, indices, logp)[positions].sum())
+            kl_sums[k] += _kl_sum(ref[b], logp, positions)
         if store_top_k is not None:
-            values, indices = torch.topk(logp, min(store_top_k, logp.shape[-1]), dim=-1)
-            stored.append((values, indices.to(torch.int32)))
+            from presso.compress import topk_with_tail
+
+            values, indices, tail = topk_with_tail(logp, min(store_top_k, logp.shape[-1]))
+            stored.append((values, indices.to(torch.int32), tail))
     if n_targets == 0:
         raise PressoError(
             f"evaluation input_ids: {tuple(ctx.input_ids.shape)} has no next-token targets; "

@@ -8,7 +8,7 @@ applies them. Plans round-trip losslessly through :func:`plan_to_dict` /
 from presso.plan._config import (
     BITS_ALLOWED,
     KEEP_BITS,
-    QUANT_METHODS,
+    QUANT_NEEDS,
     AdapterConfig,
     LayerConfig,
     Plan,
@@ -17,6 +17,8 @@ from presso.plan._config import (
     RecoveryConfig,
     SparsityConfig,
     parse_structure,
+    quant_methods,
+    register_quant_method,
 )
 from presso.plan._serialize import (
     PLAN_VERSION,
@@ -30,7 +32,7 @@ from presso.plan._serialize import (
 __all__ = [
     "BITS_ALLOWED",
     "KEEP_BITS",
-    "QUANT_METHODS",
+    "QUANT_NEEDS",
     "PLAN_VERSION",
     "AdapterConfig",
     "LayerConfig",
@@ -41,6 +43,8 @@ __all__ = [
     "SparsityConfig",
     "load_plan",
     "parse_structure",
+    "quant_methods",
+    "register_quant_method",
     "plan_from_dict",
     "plan_to_dict",
     "plan_to_yaml",

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 from enum import Enum
 
-from presso.errors import PressoError
+from presso.errors import PressoError, did_you_mean
 
 KEEP_BITS = 16
 """``bits: 16`` keeps a layer's weights unquantized, in the model's own dtype."""
@@ -24,10 +24,39 @@ IMPORTANCE_FORMATS = frozenset({"Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", 
 """Formats whose ggml quantizer weighs errors by an importance matrix from calibration text."""
 UNSTRUCTURED = "unstructured"
 
-QUANT_METHODS = {"rtn": "none", "rtn_fmin": "none", "imatrix": "norms", "gptq": "hessian"}
-"""Quantization methods by name, with the calibration statistics each needs (``"none"``,
-``"norms"``: squared input norms, ``"hessian"``: ``X^T X``). The handlers live in
-:mod:`presso.compress.quantizers`; this table lets plans and spaces check names without torch."""
+QUANT_NEEDS = ("none", "norms", "hessian")
+"""Calibration statistics a quantization method may need: none, squared input norms (``"norms"``)
+or ``X^T X`` (``"hessian"``)."""
+_QUANT_METHODS: dict[str, str] = {}
+
+
+def register_quant_method(name: str, needs: str) -> None:
+    """Declare ``quant.method`` ``name`` and the statistics it needs, so plans accept it.
+
+    :func:`presso.compress.quantizers.register_quantizer` calls this for every handler, so a
+    plugin quantizer needs no edit here. Declaring a name again with the same ``needs`` is a
+    no-op; with other ``needs`` it is an error.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise PressoError(f"quant method: got name {name!r}; allowed: an identifier such as 'rtn'")
+    if needs not in QUANT_NEEDS:
+        raise PressoError(f"quant method {name!r}: needs {needs!r}; allowed: {list(QUANT_NEEDS)}")
+    if _QUANT_METHODS.get(name, needs) != needs:
+        raise PressoError(f"quant method {name!r} is already declared with needs {_QUANT_METHODS[name]!r}, "
+                          f"got {needs!r}")
+    _QUANT_METHODS[name] = needs
+
+
+def quant_methods() -> dict[str, str]:
+    """``{method name: statistics it needs}`` of every declared quantization method (a copy)."""
+    return dict(_QUANT_METHODS)
+
+
+# NOTE: the builtin methods are declared here as well as by their handlers because plans and
+# spaces check method names without importing torch, and the handlers (presso.compress) need it.
+# Their handlers re-declare them on import; tests/compress/test_quantizers.py checks both agree.
+for _name, _needs in (("rtn", "none"), ("rtn_fmin", "none"), ("imatrix", "norms"), ("gptq", "hessian")):
+    register_quant_method(_name, _needs)
 _N_M = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -110,7 +139,7 @@ class QuantConfig:
         group_size: inputs sharing one scale (and zero point); 0 means one group per
             output channel. Must divide the layer's input width.
         symmetric: codes centred on zero (no zero point) instead of asymmetric min/max.
-        method: how weights round onto the grid, one of :data:`QUANT_METHODS`: ``"rtn"``
+        method: how weights round onto the grid, one of :func:`quant_methods`: ``"rtn"``
             (round to nearest, integer zero point), ``"rtn_fmin"`` (fp16 group minimum, as
             GGUF Q4_1), ``"imatrix"`` (activation-weighted choice of scale and zero) or
             ``"gptq"`` (error feedback through the input Hessian).
@@ -141,8 +170,9 @@ class QuantConfig:
             if self.bits != KEEP_BITS or self.group_size or self.symmetric:
                 raise PressoError(f"quant.format: got {self.format!r} together with bits={self.bits}, "
                                   f"group_size={self.group_size}; allowed: a format OR bits/group_size, not both")
-        if not isinstance(self.method, str) or self.method not in QUANT_METHODS:
-            raise PressoError(f"quant.method: got {self.method!r}; allowed: {list(QUANT_METHODS)}")
+        if not isinstance(self.method, str) or self.method not in _QUANT_METHODS:
+            raise PressoError(f"quant.method: got {self.method!r}{did_you_mean(str(self.method), _QUANT_METHODS)}; "
+                              f"allowed: {sorted(_QUANT_METHODS)}")
         if self.format is not None and self.method != "rtn":
             raise PressoError(f"quant.method: got {self.method!r} with format {self.format!r}; allowed: 'rtn' "
                               "(ggml's own quantizer makes a format's blocks)")
@@ -155,7 +185,7 @@ class QuantConfig:
         """Calibration statistics the method needs: ``"none"``, ``"norms"`` or ``"hessian"``."""
         if self.format is not None:
             return "norms" if self.uses_importance else "none"
-        return QUANT_METHODS[self.method] if self.active else "none"
+        return _QUANT_METHODS[self.method] if self.active else "none"
 
     @property
     def active(self) -> bool:

@@ -8,7 +8,6 @@ from presso.search._config import (
     BACKENDS,
     DEFAULT_STORAGE,
     DEFAULT_TRACKING,
-    SAMPLERS,
     EvalConfig,
     ResourcesConfig,
     StudyConfig,
@@ -27,7 +26,7 @@ from presso.search._evaluator import (
 from presso.search._observer import StudyObserver
 from presso.search._records import TrialRow, pareto_rows, trial_rows
 from presso.search._results import export_plan, pareto_table, status_counts
-from presso.search._samplers import make_sampler, register_sampler, sampler_names
+from presso.search._samplers import make_sampler, register_sampler, sampler_names, unregister_sampler
 from presso.search._storage import open_storage, redact
 from presso.search.optuna_space import suggest
 
@@ -35,7 +34,6 @@ __all__ = [
     "BACKENDS",
     "DEFAULT_STORAGE",
     "DEFAULT_TRACKING",
-    "SAMPLERS",
     "EvalConfig",
     "Evaluator",
     "Outcome",
@@ -64,4 +62,5 @@ __all__ = [
     "study_from_dict",
     "suggest",
     "trial_rows",
+    "unregister_sampler",
 ]

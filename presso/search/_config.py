@@ -12,7 +12,6 @@ from presso.errors import PressoError, check_keys, did_you_mean
 DEFAULT_DIR = "presso-runs"
 DEFAULT_STORAGE = f"sqlite:///{DEFAULT_DIR}/studies.db"
 DEFAULT_TRACKING = f"sqlite:///{DEFAULT_DIR}/mlflow.db"
-SAMPLERS = ("nsga2", "evo", "tpe", "gp", "random", "uniform")
 BACKENDS = ("local", "ray")
 
 
@@ -218,6 +217,9 @@ class StudyConfig:
     base_dir: str = "."  # where relative paths in the file are resolved; not a user key
 
     def __post_init__(self):
+        from presso.plugins import load_plugins
+
+        load_plugins()  # once per process: plugin samplers, objectives and targets are then registered
         if not isinstance(self.name, str) or not self.name.strip():
             raise PressoError(f"study.name: got {self.name!r}; allowed: a non-empty string")
         if not isinstance(self.model, str) or not self.model:
@@ -229,13 +231,23 @@ class StudyConfig:
             raise PressoError(f"study.objectives: got {self.objectives!r}; allowed: a non-empty list of objective names")
         if len(set(objectives)) != len(objectives):
             raise PressoError(f"study.objectives: each objective may appear once, got {list(objectives)!r}")
+        from presso.objectives import registered_objectives  # the registry only: no torch
+
+        for name in objectives:
+            if name not in registered_objectives():
+                raise PressoError(f"study.objectives: got {name!r}{did_you_mean(name, registered_objectives())}; "
+                                  f"registered objectives: {', '.join(registered_objectives())}")
         object.__setattr__(self, "objectives", tuple(objectives))
         constraints = self.constraints or ()
         if isinstance(constraints, str):
             constraints = (constraints,)
         object.__setattr__(self, "constraints", tuple(constraints))
-        if self.sampler not in SAMPLERS:
-            raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(self.sampler, SAMPLERS)}; allowed: {list(SAMPLERS)}")
+        # The sampler registry is the allowlist, so a registered plugin sampler is accepted here.
+        from presso.search._samplers import sampler_names
+
+        if self.sampler not in sampler_names():
+            raise PressoError(f"study.sampler: got {self.sampler!r}{did_you_mean(str(self.sampler), sampler_names())}; "
+                              f"allowed: {sampler_names()}")
         from presso.targets import target_names
 
         if self.target not in target_names():

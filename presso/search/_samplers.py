@@ -13,6 +13,21 @@ _SAMPLERS: dict[str, SamplerFactory] = {}
 
 
 def register_sampler(name: str):
+    """Decorator: register ``factory(seed, n_objectives) -> optuna sampler`` under ``name``.
+
+    The registry is the allowlist of ``study.sampler``; a name registers once.
+
+    Example::
+
+        @register_sampler("qmc")
+        def _qmc(seed, n_objectives):
+            import optuna
+
+            return optuna.samplers.QMCSampler(seed=seed)
+    """
+    if not isinstance(name, str) or not name:
+        raise PressoError(f"register_sampler: got name {name!r}; allowed: a non-empty string")
+
     def decorate(factory: SamplerFactory) -> SamplerFactory:
         if name in _SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
@@ -29,7 +44,15 @@ def make_sampler(name: str, seed: int, n_objectives: int):
 
 
 def sampler_names() -> list[str]:
+    """The registered sampler names, sorted."""
     return sorted(_SAMPLERS)
+
+
+def unregister_sampler(name: str) -> None:
+    """Remove ``name`` from the registry (for tests and plugin reloads)."""
+    if name not in _SAMPLERS:
+        raise PressoError(f"sampler: got {name!r}{did_you_mean(name, _SAMPLERS)}; allowed: {sorted(_SAMPLERS)}")
+    del _SAMPLERS[name]
 
 
 @register_sampler("nsga2")

@@ -7,7 +7,7 @@ turns answers to ``ask(name, domain)`` into a :class:`presso.plan.Plan`.
 
 from presso.spaces._builtin import builtin_space_path, builtin_spaces
 from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange
-from presso.spaces._space import CHOICE_KEYS, TIES, BoundSpace, Group, SearchSpace, Unit, load_space
+from presso.spaces._space import CHOICE_KEYS, TIES, BoundSpace, Group, SearchSpace, Unit, load_space, module_group
 
 __all__ = [
     "CHOICE_KEYS",
@@ -24,4 +24,5 @@ __all__ = [
     "builtin_space_path",
     "builtin_spaces",
     "load_space",
+    "module_group",
 ]

@@ -14,7 +14,7 @@ A space file::
         bits: [4, 8, 16]
         group_size: [32, 64]             # asked only when bits < 16
         symmetric: false
-        method: [rtn, gptq]              # quantizer (presso.plan.QUANT_METHODS); asked only when bits < 16
+        method: [rtn, gptq]              # quantizer (presso.plan.quant_methods()); asked only when bits < 16
         rank: 0                          # LoRA rank; a list such as [0, 8] to search it
 
 A scalar is a fixed value, a list a choice, a mapping with ``low``/``high`` a range. A module
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -269,20 +269,44 @@ class SearchSpace:
         """
         exact = list(exact_names)
         names = [*exact, *module_names]
-        taken: set[str] = set()
+        exact_set = set(exact)
+        owner = {n: module_group(self, n, exact_set) for n in names}
         units: list[Unit] = []
         for group in self.groups:
-            members = [n for n in names if n not in taken
-                       and (n in group.modules if n in exact else group.matches(n))]
+            members = [n for n in names if owner[n] == group.name]
             if not members:
                 shown = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
                 raise PressoError(
                     f"space.groups[{group.name!r}].modules: {list(group.modules)!r} matches no module; "
                     f"the model's modules look like: {shown}"
                 )
-            taken.update(members)
             units.extend(_units(group, members))
         return BoundSpace(space=self, units=tuple(units), module_names=tuple(names))
+
+
+def module_group(space: SearchSpace, module_name: str, exact_names: Collection[str] = ()) -> str | None:
+    """The name of the group of ``space`` that owns ``module_name``, or None when none does.
+
+    The one rule binding and tracking share: groups are tried in order and the first that claims
+    the module wins. A module listed in ``exact_names`` (an embedding table) is claimed only by a
+    group whose ``modules`` names it exactly; any other module by a group whose patterns match it
+    and whose ``exclude`` patterns do not.
+
+    Example::
+
+        >>> space = SearchSpace.from_dict({"groups": [
+        ...     {"name": "all", "modules": ["re:.*"], "bits": [4, 8]},
+        ...     {"name": "embed", "modules": ["model.embed_tokens"], "bits": [8, 16]}]})
+        >>> module_group(space, "model.embed_tokens", ["model.embed_tokens"])
+        'embed'
+        >>> module_group(space, "model.layers.0.mlp.up_proj", ["model.embed_tokens"])
+        'all'
+    """
+    exact = module_name in exact_names
+    for group in space.groups:
+        if (module_name in group.modules) if exact else group.matches(module_name):
+            return group.name
+    return None
 
 
 def _units(group: Group, members: list[str]) -> list[Unit]:

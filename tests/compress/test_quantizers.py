@@ -11,7 +11,7 @@ from presso.compress._quant import dequantize, quantize
 from presso.compress.quantizers import LayerStats, get_quantizer, registered_quantizers
 from presso.compress.quantizers.gptq import gptq_quantize
 from presso.errors import PressoError
-from presso.plan import QUANT_METHODS, LayerConfig, Plan, QuantConfig, SparsityConfig
+from presso.plan import LayerConfig, Plan, QuantConfig, SparsityConfig, quant_methods
 
 from .conftest import outputs, tiny_bert, tiny_llama
 
@@ -19,9 +19,45 @@ METHODS = sorted(registered_quantizers())
 
 
 def test_registry_matches_the_plan_table():
-    assert set(METHODS) == set(QUANT_METHODS)
+    assert set(METHODS) == set(quant_methods())
     for name, handler in registered_quantizers().items():
-        assert handler.needs == QUANT_METHODS[name]
+        assert handler.needs == quant_methods()[name]
+
+
+_PLUGIN_QUANTIZER = """
+import torch
+from presso.errors import PressoError
+from presso.plan import QuantConfig
+try:
+    QuantConfig(bits=4, method="rtn_copy")
+except PressoError as exc:
+    assert "allowed: ['gptq', 'imatrix', 'rtn', 'rtn_fmin']" in str(exc), exc
+else:
+    raise AssertionError("an undeclared method was accepted")
+from presso.compress.quantizers import get_quantizer, register_quantizer
+from presso.compress.quantizers.rtn import RTN
+
+@register_quantizer
+class RTNCopy(RTN):
+    name = "rtn_copy"
+
+config = QuantConfig(bits=4, group_size=32, method="rtn_copy")
+assert config.needs == "none"
+w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0))
+ours = get_quantizer("rtn_copy").quantize(w, config).dequantize()
+rtn = get_quantizer("rtn").quantize(w, QuantConfig(bits=4, group_size=32)).dequantize()
+assert torch.equal(ours, rtn)
+print("ok")
+"""
+
+
+def test_a_registered_quantizer_is_accepted_by_plans():
+    # In a subprocess: the registries are process-wide and the conformance table above is built at import.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PLUGIN_QUANTIZER], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def _stats(in_f=128, n=512, seed=0):
@@ -170,7 +206,7 @@ def test_gptq_with_activation_order_and_mask_keeps_pruned_zeros():
 
 
 def test_plan_rejects_unknown_method_and_symmetric_float_minimum():
-    with pytest.raises(PressoError, match=r"quant.method: got 'awq'; allowed: \['rtn', 'rtn_fmin', 'imatrix', 'gptq'\]"):
+    with pytest.raises(PressoError, match=r"quant.method: got 'awq'; allowed: \['gptq', 'imatrix', 'rtn', 'rtn_fmin'\]"):
         QuantConfig(bits=4, method="awq")
     with pytest.raises(PressoError, match="quant.symmetric: got true with method 'rtn_fmin'"):
         QuantConfig(bits=4, symmetric=True, method="rtn_fmin")

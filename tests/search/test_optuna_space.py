@@ -1,7 +1,17 @@
 import optuna
 import pytest
 
-from presso.search import EvalConfig, StudyConfig, make_sampler, run_study, sampler_names, suggest, trial_rows
+from presso.search import (
+    EvalConfig,
+    StudyConfig,
+    make_sampler,
+    register_sampler,
+    run_study,
+    sampler_names,
+    suggest,
+    trial_rows,
+    unregister_sampler,
+)
 from presso.search._driver import load_existing_study
 from presso.spaces import SearchSpace
 from presso.errors import PressoError
@@ -46,7 +56,8 @@ def test_converted_space_matches_hand_written_optuna_space():
 
 
 def test_every_sampler_builds_for_two_objectives():
-    assert set(sampler_names()) == {"nsga2", "tpe", "gp", "random", "uniform", "evo"}
+    # The registry is the list: every registered sampler must build, and the builtins are in it.
+    assert {"nsga2", "tpe", "gp", "random", "uniform", "evo"} <= set(sampler_names())
     for name in sampler_names():
         assert isinstance(make_sampler(name, 0, 2), optuna.samplers.BaseSampler)
     with pytest.raises(PressoError, match=r"sampler: got 'nsga' \(did you mean 'nsga2'\?\)"):
@@ -68,3 +79,61 @@ def test_samplers_run_a_tiny_study(tmp_path, sampler):
         for r in rows:
             layers = r.plan["_data"]["layers"].values()
             assert len({(c["quant"]["bits"], c["sparsity"]["amount"]) for c in layers}) == 1
+
+
+class _CountingSampler(optuna.samplers.RandomSampler):
+    calls = 0
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        type(self).calls += 1
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def test_registered_sampler_is_accepted_by_the_config_and_used_by_a_study(tmp_path):
+    with pytest.raises(PressoError, match=r"study.sampler: got 'counting_test'; allowed: \[.*'evo'"):
+        StudyConfig(sampler="counting_test")
+    seen = []
+
+    @register_sampler("counting_test")
+    def _factory(seed, n_objectives):
+        seen.append((seed, n_objectives))
+        return _CountingSampler(seed=seed)
+
+    try:
+        config = StudyConfig(
+            name="s-plugin", model="tiny:llama", space="builtin:tiny", trials=3, device="cpu",
+            sampler="counting_test", warm_start=False, storage=f"sqlite:///{tmp_path}/s.db", tracking_uri=None,
+            eval=EvalConfig(sequences=2, seq_len=16),
+        )
+        _CountingSampler.calls = 0
+        assert run_study(config, progress=False).counted == 3
+        assert seen and seen[0] == (0, 2)
+        assert _CountingSampler.calls > 0
+    finally:
+        unregister_sampler("counting_test")
+    assert "counting_test" not in sampler_names()
+
+
+def test_study_objectives_are_checked_against_the_objective_registry():
+    from presso.objectives import BaseObjective, Direction, Task, register_objective, unregister_objective
+
+    with pytest.raises(PressoError, match=r"study.objectives: got 'perplexty' \(did you mean 'perplexity'\?\); "
+                                          r"registered objectives: .*size_fraction"):
+        StudyConfig(objectives=["perplexty", "size_fraction"])
+    with pytest.raises(PressoError, match="study.objectives: got 'zero_test'"):
+        StudyConfig(objectives=["zero_test"])
+
+    @register_objective
+    class _Zero(BaseObjective):
+        name = "zero_test"
+        direction = Direction.MINIMIZE
+        unit = ""
+        tasks = (Task.CAUSAL_LM,)
+
+        def compute(self, model, ctx, trial):
+            return 0.0
+
+    try:
+        assert StudyConfig(objectives=["zero_test"]).objectives == ("zero_test",)
+    finally:
+        unregister_objective("zero_test")

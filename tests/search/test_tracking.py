@@ -97,6 +97,33 @@ def test_plan_summary_means_per_space_group():
     assert plan_summary(None) == {"criterion": "magnitude", "recovery_steps": 0}
 
 
+def test_groups_follow_the_space_rule_for_embedding_tables():
+    """Regression: a catch-all group listed first must not take the embedding table in MLflow's
+    per-group summary when the plan (``SearchSpace.bind``) puts it in its own group."""
+    from presso.search._records import modules_info
+    from presso.search.tracking._summary import GroupIndex
+    from presso.spaces import SearchSpace, module_group
+
+    space = {"groups": [
+        {"name": "blocks", "modules": ["re:.*"], "tie": "group", "bits": [4]},
+        {"name": "embed", "modules": ["model.embed_tokens"], "tie": "group", "bits": [8]},
+    ]}
+    blocks = [f"model.layers.{i}.mlp.{p}" for i in range(2) for p in ("up_proj", "down_proj")]
+    exact = ["model.embed_tokens"]
+    bound = SearchSpace.from_dict(space).bind(blocks, exact_names=exact)
+    planned = {m: unit.group.name for unit in bound.units for m in unit.modules}
+    assert planned["model.embed_tokens"] == "embed"
+    index = GroupIndex.from_study_info({"space": space, "modules": modules_info(blocks, exact)})
+    assert {m: index.group_of(m) for m in planned} == planned
+    assert module_group(SearchSpace.from_dict(space), "model.embed_tokens") == "blocks"  # not an embedding here
+
+    plan = bound.sample(lambda name, domain: domain.values[0])
+    from presso.plan import plan_to_dict
+
+    summary = plan_summary(plan_to_dict(plan), index)
+    assert summary["embed.bits_mean"] == 8 and summary["blocks.bits_mean"] == 4
+
+
 def test_payload_of_special_trials():
     from optuna.trial import TrialState, create_trial
 

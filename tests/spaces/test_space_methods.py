@@ -52,7 +52,7 @@ def test_default_method_is_rtn_and_space_round_trips():
 
 
 @pytest.mark.parametrize("value, message", [
-    (["rtn", "awq"], r"method.*got 'awq'; allowed: \['rtn', 'rtn_fmin', 'imatrix', 'gptq'\]"),
+    (["rtn", "awq"], r"method.*got 'awq'; allowed: \['gptq', 'imatrix', 'rtn', 'rtn_fmin'\]"),
     ({"low": 1, "high": 2}, r"method"),
 ])
 def test_bad_methods_are_named(value, message):

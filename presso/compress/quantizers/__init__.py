@@ -13,7 +13,8 @@ SparseGPT (pruning with the same Hessians, and joint pruning + GPTQ in one sweep
 criterion, ``criterion: sparsegpt``, in :mod:`presso.compress._sparsegpt`.
 
 A new method is one module with a :class:`Quantizer` subclass decorated with
-:func:`register_quantizer`, plus its name in :data:`presso.plan.QUANT_METHODS`.
+:func:`register_quantizer`, which also declares its name to :func:`presso.plan.register_quant_method`
+(plans check names without torch).
 """
 
 from presso.compress.quantizers._base import (LayerStats, QuantLayout, Quantizer, dequantize_layout,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from presso.compress.quantizers._base import ZERO_KINDS, Quantizer
 from presso.errors import PressoError
-from presso.plan import QUANT_METHODS
+from presso.plan import register_quant_method
 
 _REGISTRY: dict[str, Quantizer] = {}
 
@@ -12,16 +12,15 @@ _REGISTRY: dict[str, Quantizer] = {}
 def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
     """Class decorator: register a :class:`Quantizer` under its ``name`` (duplicates rejected).
 
-    The name must also be listed in :data:`presso.plan.QUANT_METHODS` (the plan checks
-    names without importing torch), with the statistics it needs.
+    The name and ``cls.needs`` are declared to the plan's torch-free name registry
+    (:func:`presso.plan.register_quant_method`), so plans accept the method from then on.
     """
     name = cls.name
     if name in _REGISTRY:
         raise PressoError(f"quantizer {name!r} is already registered ({type(_REGISTRY[name]).__name__})")
-    if QUANT_METHODS.get(name) != cls.needs:
-        raise PressoError(f"quantizer {name!r}: add it to presso.plan.QUANT_METHODS as {name!r}: {cls.needs!r}")
     if cls.zero_kind not in ZERO_KINDS:
         raise PressoError(f"quantizer {name!r}: zero_kind {cls.zero_kind!r}; allowed: {list(ZERO_KINDS)}")
+    register_quant_method(name, cls.needs)
     _REGISTRY[name] = cls()
     return cls
 

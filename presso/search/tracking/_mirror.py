@@ -162,7 +162,7 @@ class StudyMirror:
         self.info = study_info(study)
         self.objectives = _objectives(study)
         self.names = [o["name"] for o in self.objectives]
-        self.groups = GroupIndex(self.info.get("space"))
+        self.groups = GroupIndex.from_study_info(self.info)
         self.experiment_id: str | None = None
         self.parents: list[ParentRun] = []
         self.children: dict[int, ChildRun] = {}

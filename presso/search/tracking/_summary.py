@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from presso.plan._config import FORMAT_BITS
-from presso.search._records import TrialRow
+from presso.search._records import MODULES_KEY, TrialRow
 
 # MLflow limits (mlflow.utils.validation): longer values are rejected, not cut.
 MAX_PARAM_CHARS = 6000
@@ -61,24 +61,39 @@ def plan_data(plan: Mapping | None) -> dict:
 
 
 class GroupIndex:
-    """Maps module names of a plan to the space group that owns them (first match wins, as in
-    ``SearchSpace.bind``). Built once per study; lookups are cached because every trial's plan
-    names the same modules."""
+    """Maps module names of a plan to the space group that owns them, by the space's own rule
+    (:func:`presso.spaces.module_group`, as ``SearchSpace.bind``). ``exact_names`` are the
+    embedding tables the study bound (``modules.exact`` of the study record): they join a group
+    only when it names them exactly. Built once per study; lookups are cached because every
+    trial's plan names the same modules."""
 
-    def __init__(self, space: Mapping | None):
-        self._groups = []
+    def __init__(self, space: Mapping | None, exact_names=()):
+        self._space = None
+        self._exact = frozenset(exact_names or ())
         self._cache: dict[str, str] = {}
         if isinstance(space, Mapping):
             try:
                 from presso.spaces import SearchSpace
 
-                self._groups = list(SearchSpace.from_dict(dict(space)).groups)
+                self._space = SearchSpace.from_dict(dict(space))
             except Exception:  # noqa: BLE001 - a stale or foreign space only costs the per-group split
-                self._groups = []
+                self._space = None
+
+    @classmethod
+    def from_study_info(cls, info: Mapping) -> GroupIndex:
+        """The index of a stored study: its space and the embedding tables it bound (a study
+        stored before ``modules`` was recorded has no exact names)."""
+        modules = info.get(MODULES_KEY) if isinstance(info.get(MODULES_KEY), Mapping) else {}
+        return cls(info.get("space"), exact_names=modules.get("exact") or ())
 
     def group_of(self, module: str) -> str:
         if module not in self._cache:
-            self._cache[module] = next((g.name for g in self._groups if g.matches(module)), "all" if not self._groups else "other")
+            if self._space is None:
+                self._cache[module] = "all"
+            else:
+                from presso.spaces import module_group
+
+                self._cache[module] = module_group(self._space, module, self._exact) or "other"
         return self._cache[module]
 
 
