@@ -9,17 +9,15 @@ import subprocess
 import sys
 import time
 
+import optuna
 import pytest
 
-optuna = pytest.importorskip("optuna")
-pytest.importorskip("mlflow")
-
-from presso.errors import PressoError  # noqa: E402
-from presso.plan import plan_from_dict  # noqa: E402
-from presso.search._config import StudyConfig  # noqa: E402
-from presso.search.tracking import MlflowTracker, free_port, plan_summary, sync_study, ui_url  # noqa: E402
-from presso.search.tracking._testing import MODULES, SPACE, add_trial, create_study  # noqa: E402
-from presso.search.tracking._ui import ui_command  # noqa: E402
+from presso.errors import PressoError
+from presso.plan import plan_from_dict
+from presso.search._config import StudyConfig
+from presso.search.tracking import MlflowTracker, free_port, plan_summary, sync_study, ui_url
+from presso.search.tracking._testing import MODULES, SPACE, add_trial, create_study
+from presso.search.tracking._ui import ui_command
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

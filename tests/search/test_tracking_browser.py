@@ -1,8 +1,8 @@
 """End to end in a real browser: headless Debian chromium (selenium + chromedriver) against the
 real MLflow UI over a study's tracking store.
 
-Needs ``apt-get install -y chromium chromium-driver`` and ``pip install selenium``; skipped
-with the reason when they are missing.
+Needs ``apt-get install -y chromium chromium-driver`` (``.ci/run`` installs it) and selenium
+(the ``test`` extra); fails with what to install when they are missing.
 """
 
 from __future__ import annotations
@@ -12,13 +12,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import optuna
 import pytest
 
-optuna = pytest.importorskip("optuna")
-pytest.importorskip("mlflow")
-
-from presso.search.tracking import MlflowTracker, experiment_url, run_url, spawn_ui, study_urls  # noqa: E402
-from presso.search.tracking._testing import add_trial, create_study  # noqa: E402
+from presso.search.tracking import MlflowTracker, experiment_url, run_url, spawn_ui, study_urls
+from presso.search.tracking._testing import add_trial, create_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -33,8 +31,8 @@ SCREENSHOT_DIR = os.environ.get("PRESSO_SCREENSHOT_DIR")  # keep the pictures (C
 @pytest.fixture
 def browser(tmp_path):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("needs Debian's chromium: apt-get install -y chromium chromium-driver")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium: pip install selenium")
+        pytest.fail("needs Debian's chromium: apt-get install -y chromium chromium-driver (.ci/run installs it)")
+    from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 

@@ -12,13 +12,11 @@ import threading
 import time
 import urllib.request
 
+import optuna
 import pytest
 
-optuna = pytest.importorskip("optuna")
-pytest.importorskip("mlflow")
-
-from presso.search.tracking import MlflowTracker, free_port, spawn_ui, sync_study  # noqa: E402
-from presso.search.tracking._testing import add_trial, create_study  # noqa: E402
+from presso.search.tracking import MlflowTracker, free_port, spawn_ui, sync_study
+from presso.search.tracking._testing import add_trial, create_study
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from presso.compress import compress_
+from presso.compress import collect_calibration, compress_
 from presso.errors import PressoError
 from presso.plan import AdapterConfig, LayerConfig, Plan, QuantConfig, SparsityConfig
 from presso.targets import get_target
@@ -44,6 +44,30 @@ def test_mixed_formats_round_trip_exact_size_and_outputs(tmp_path):
     with torch.no_grad():
         diff = (loaded(ids).logits - model(ids).logits).abs().max().item()
     assert diff <= 1e-5, diff
+
+
+@pytest.mark.parametrize("method", ["gptq", "imatrix"])
+def test_calibrated_methods_load_back_exactly(tmp_path, method):
+    # GPTQ and imatrix choose codes (and imatrix its scales) from calibration statistics; the
+    # folder must still hold exactly the trial's weights, so the space may offer them here.
+    model = tiny_llama()
+    calib = torch.randint(0, 256, (4, 32), generator=torch.Generator().manual_seed(1))
+    stats = collect_calibration(model, calib, hessians=True)
+    plan = Plan(layers={"re:model\\.layers\\..*": LayerConfig(quant=QuantConfig(bits=4, group_size=32, symmetric=True,
+                                                                               method=method))})
+    target = get_target("compressed-tensors")
+    target.check_plan(model, plan)
+    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model(ids).logits
+    result = compress_(model, plan, calibration=stats)
+    written = target.write(model, result, None, tmp_path / "ct")
+    assert written.on_disk_bytes == written.predicted_bytes == target.predict_bytes(model, result)
+    loaded = target.load(written.path)
+    with torch.no_grad():
+        ours, theirs = model(ids).logits, loaded(ids).logits
+    assert (ours - dense).abs().max().item() > 1e-3  # the method did quantize
+    assert (theirs - ours).abs().max().item() <= 1e-5
 
 
 def test_one_config_group_per_format(tmp_path):
