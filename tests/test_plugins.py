@@ -13,6 +13,8 @@ import yaml
 
 from presso.search import load_existing_study, trial_rows
 
+from .plugin_package import install
+
 SAMPLERS = textwrap.dedent('''
     """A module entry point: importing it registers the sampler."""
     import os
@@ -54,20 +56,6 @@ OBJECTIVES = textwrap.dedent('''
             def compute(self, model, ctx, trial):
                 return 2.0 * trial.size_bytes / trial.dense_bytes
 ''')
-
-
-def install(root, name: str, modules: dict[str, str], entry_points: str):
-    """Write a package and its ``.dist-info`` (what pip would leave) into ``root``."""
-    package = root / name
-    package.mkdir(parents=True)
-    (package / "__init__.py").write_text("")
-    for module, text in modules.items():
-        (package / f"{module}.py").write_text(text)
-    info = root / f"{name}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points))
-    return root
 
 
 def presso_run(tmp_path, plugin_root, **changes):

@@ -2,8 +2,9 @@
 produce NaN. Studies run with ``heartbeat_s=1, grace_s=3`` so lost trials go stale quickly;
 the tests poll the store with generous deadlines instead of sleeping fixed times.
 
-The objectives ``slow_size`` and ``flaky_size`` are plugins written by these tests and loaded
-into every process (workers included) through a ``sitecustomize`` on ``PYTHONPATH``.
+The objectives ``slow_size`` and ``flaky_size`` are a plugin package written by these tests
+and found by every process (workers included) through its ``presso.objectives`` entry point,
+as an installed plugin would be.
 """
 
 import os
@@ -16,8 +17,10 @@ import time
 import pytest
 import yaml
 
+from tests.plugin_package import install
+
 PLUGIN = textwrap.dedent('''
-    """Test-only objectives (loaded through sitecustomize)."""
+    """Test-only objectives (a presso.objectives entry point)."""
     import os
     import time
     from pathlib import Path
@@ -87,8 +90,8 @@ def env(tmp_path, monkeypatch):
     """A working folder, the plugin on PYTHONPATH for child processes, and the ``slow`` switch."""
     plugins = tmp_path / "plugins"
     plugins.mkdir()
-    (plugins / "presso_fault_plugins.py").write_text(PLUGIN)
-    (plugins / "sitecustomize.py").write_text("import presso_fault_plugins  # noqa: F401\n")
+    install(plugins, "presso_fault_plugins", {"objectives": PLUGIN},
+            "[presso.objectives]\nfaults = presso_fault_plugins.objectives\n")
     faults = tmp_path / "faults"
     faults.mkdir()
     (tmp_path / "tmp").mkdir()  # worker logs of a killed parent stay here, not in /tmp
@@ -260,13 +263,13 @@ def test_a_stopped_driver_marks_its_trials_and_resumes(env, signum, flags):
 
 
 def test_out_of_memory_and_nan_trials_fail_alone(env, monkeypatch):
-    """In one process: the plugin is imported here, not through sitecustomize."""
+    """In one process: the plugin module is imported here."""
     from presso.objectives import unregister_objective
     from presso.search import load_existing_study, run_study, study_from_dict, trial_rows
 
     monkeypatch.setenv("PRESSO_FAULT_DIR", str(env["faults"]))
     monkeypatch.syspath_prepend(str(env["plugins"]))
-    import presso_fault_plugins  # noqa: F401 - registers the objectives
+    import presso_fault_plugins.objectives  # noqa: F401 - registers the objectives
 
     try:
         url = f"sqlite:///{env['dir']}/studies.db"
@@ -277,7 +280,8 @@ def test_out_of_memory_and_nan_trials_fail_alone(env, monkeypatch):
     finally:
         for objective in ("slow_size", "flaky_size"):
             unregister_objective(objective)
-        sys.modules.pop("presso_fault_plugins", None)
+        for module in ("presso_fault_plugins.objectives", "presso_fault_plugins"):
+            sys.modules.pop(module, None)
     assert_exact_budget(rows, 12)
     assert summary.counted == 12 and summary.failed == sum(r.state == "FAIL" for r in rows)
     failures = [r.failure for r in rows if r.state == "FAIL"]
