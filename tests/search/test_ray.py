@@ -1,10 +1,13 @@
 """The Ray backend: trials on Ray actors, records in the study's SQL store."""
 
 import json
+import os
+import textwrap
 
 import pytest
 
 from presso.errors import PressoError
+from tests.plugin_package import install
 
 # group_size 48 does not divide the tiny model's widths (64, 128): such plans fail on the
 # workers, and must fail alone, recorded like any failed trial.
@@ -89,52 +92,83 @@ def test_a_study_on_a_local_ray_cluster(workdir, capsys):
     assert "complete" in capsys.readouterr().out
 
 
-class _FakeSlot:
-    def __init__(self, name):
-        self.handle, self.where = name, f"host:{name}"
+KILLER = textwrap.dedent('''
+    """A test objective that kills its own Ray actor (SIGKILL, as the host's OOM killer would)."""
+    import os
+    import signal
+    from pathlib import Path
+
+    from presso.objectives import BaseObjective, Direction, register_objective
+
+    FAULT_DIR = Path(os.environ["PRESSO_FAULT_DIR"])
 
 
-class _FakePool:
-    def __init__(self):
-        self.replaced = 0
+    @register_objective
+    class KillerSize(BaseObjective):
+        """size_fraction, after killing this process: in the study's first two trials, or always
+        while the file ``always`` exists."""
+        name = "killer_size"
+        direction = Direction.MINIMIZE
+        unit = "fraction"
+        needs_model = False
 
-    def replace(self, slot):
-        self.replaced += 1
-        return _FakeSlot(f"fresh{self.replaced}")
+        def compute(self, model, ctx, trial):
+            deaths = len(list(FAULT_DIR.glob("died-*")))
+            if (FAULT_DIR / "always").exists() or deaths < 2:
+                (FAULT_DIR / f"died-{deaths}").touch()
+                os.kill(os.getpid(), signal.SIGKILL)
+            return trial.size_bytes / trial.dense_bytes
+''')
 
 
-def test_a_dead_ray_worker_loses_its_trial_for_a_retry_then_fails_the_plan(monkeypatch):
-    """A worker that dies (host OOM killer, lost node) costs no budget: its trial is retried on a
-    fresh actor; a plan that kills its worker three times fails (counted)."""
-    import time
+@pytest.mark.slow
+def test_a_killed_ray_actor_loses_its_trial_for_a_retry_then_fails_the_plan(workdir, monkeypatch):
+    """A real actor dies mid-trial (SIGKILL): the trial costs no budget and runs again on a fresh
+    actor; a plan that kills its actor MAX_LOST_RETRIES times fails, counted, and the study ends."""
+    import sys
 
-    import optuna
     import ray
 
-    from presso.search._records import row_from_trial
-    from presso.search.ray_backend import MAX_LOST_RETRIES, _finish, _InFlight
+    from presso.objectives import unregister_objective
+    from presso.search import load_existing_study, study_from_dict, trial_rows
+    from presso.search.ray_backend import MAX_LOST_RETRIES, run_study_ray
 
-    def dead(ref):
-        raise ray.exceptions.ActorDiedError()
+    plugins, faults = workdir / "plugins", workdir / "faults"
+    faults.mkdir()
+    install(plugins, "presso_killer_plugin", {"objectives": KILLER}, "[presso.objectives]\nkiller = presso_killer_plugin.objectives\n")
+    # The actors find the plugin through its entry point (Ray's processes inherit this environment);
+    # this process imports it, since its plugin scan may have run before the package existed.
+    monkeypatch.setenv("PRESSO_FAULT_DIR", str(faults))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])))
+    monkeypatch.syspath_prepend(str(plugins))
+    import presso_killer_plugin.objectives  # noqa: F401 - registers killer_size here
 
-    monkeypatch.setattr(ray, "get", dead)
-    study = optuna.create_study()
-    distributions = {"x": optuna.distributions.FloatDistribution(0, 1)}
-    study.enqueue_trial({"x": 0.5})
-    pool = _FakePool()
-    for attempt in range(1, MAX_LOST_RETRIES + 1):
-        trial = study.ask(distributions)
-        frozen, slot, files = _finish(study, pool, _InFlight(trial, _FakeSlot("old"), time.perf_counter()), "ref", None)
-        assert files == {}  # a lost trial has no report
-        row = row_from_trial(frozen)
-        assert slot.handle == f"fresh{attempt}" and frozen.params == {"x": 0.5}
-        if attempt < MAX_LOST_RETRIES:
-            assert row.state == "FAIL" and not row.counted and "the Ray worker died" in row.user_attrs["lost"]
-            waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
-            assert [t.user_attrs["lost_retries"] for t in waiting] == [attempt]
-        else:
-            assert row.counted and "3 times for this plan" in row.failure
-            assert not study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    url = f"sqlite:///{workdir}/studies.db"
+    study = {**STUDY, "storage": url, "max_concurrent": 1, "warm_start": False,
+             "space": {**SPACE, "groups": [{**SPACE["groups"][0], "group_size": [32]}]},
+             "objectives": ["ppl_ratio", "killer_size"]}
+    try:
+        once = run_study_ray(study_from_dict({**study, "name": "once", "trials": 2}, base_dir=str(workdir)), progress=False)
+        (faults / "always").touch()
+        always = run_study_ray(study_from_dict({**study, "name": "always", "trials": 1}, base_dir=str(workdir)),
+                               progress=False)
+    finally:
+        unregister_objective("killer_size")
+        for module in ("presso_killer_plugin.objectives", "presso_killer_plugin"):
+            sys.modules.pop(module, None)
+    assert not ray.is_initialized()
+
+    rows = trial_rows(load_existing_study("once", url))
+    lost = [r for r in rows if not r.counted]
+    assert once.counted == once.complete == 2 and len(lost) == 2, [(r.state, r.failure) for r in rows]
+    assert all(r.state == "FAIL" and "the Ray worker died" in r.user_attrs["lost"] for r in lost)
+    for row in lost:  # each lost trial's plan ran again
+        assert any(r.user_attrs.get("retry_of") == row.number for r in rows)
+
+    rows = trial_rows(load_existing_study("always", url))
+    counted = [r for r in rows if r.counted]
+    assert always.counted == always.failed == 1 and len(rows) == MAX_LOST_RETRIES
+    assert f"{MAX_LOST_RETRIES} times for this plan" in counted[0].failure
 
 
 def test_the_actors_get_the_space_inline_and_no_store_url(workdir):
