@@ -21,7 +21,7 @@ from presso.compress._modules import compressible_modules, embedding_modules, ta
 from presso.compress._pack import pack_bits, packed_nbytes, unpack_bits
 from presso.compress._quant import dequantize, quantize
 from presso.compress._save import LoadedCompressed, SavedReport, load_compressed, save_compressed
-from presso.compress._size import ModuleSize, SizeReport, predict_size
+from presso.compress._size import ModuleSize, SizeReport, dense_nbytes, predict_size
 
 __all__ = [
     "KL_TAIL_LOG_FLOOR",
@@ -36,6 +36,7 @@ __all__ = [
     "collect_calibration",
     "compress_",
     "compressible_modules",
+    "dense_nbytes",
     "dequantize",
     "embedding_modules",
     "gather_with_tail",

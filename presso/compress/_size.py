@@ -385,3 +385,9 @@ def predict_size(model, result, tokenizer=None) -> SizeReport:
     side[MANIFEST_FILE] = len(text.encode("utf-8"))
     return SizeReport(tensor_bytes=tensor_bytes, header_bytes=header, dense_bytes=dense_bytes,
                       side_bytes=side, modules=sizes)
+
+
+def dense_nbytes(model) -> int:
+    """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
+    unique, _ = unique_state(model)
+    return sum(t.numel() * t.element_size() for t in unique.values())

@@ -369,14 +369,6 @@ def _presso_target():
     return get_target("presso")
 
 
-def dense_nbytes(model) -> int:
-    """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
-    from presso.compress._size import unique_state
-
-    unique, _ = unique_state(model)
-    return sum(t.numel() * t.element_size() for t in unique.values())
-
-
 def dtype_label(model) -> str:
     """The dense model's weight type in words (``fp32``; ``fp32/fp16`` when mixed)."""
     import torch
@@ -557,7 +549,7 @@ def score_saved(directory, *, config: StudyConfig | None = None, device: str = "
 
 
 def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
-    from presso.compress import load_compressed
+    from presso.compress import dense_nbytes, load_compressed
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
     from presso.targets._base import size_line

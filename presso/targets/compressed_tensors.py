@@ -195,7 +195,7 @@ class CompressedTensorsTarget:
 
     def dense_bytes(self, model: nn.Module) -> int:
         """Bytes of the uncompressed model's tensors (the denominator of ``size_fraction``)."""
-        from presso.search._evaluator import dense_nbytes
+        from presso.compress import dense_nbytes
 
         return dense_nbytes(model)
 

@@ -43,7 +43,7 @@ class PressoTarget:
 
     def dense_bytes(self, model) -> int:
         """Bytes of the uncompressed model's tensors as stored (tied tensors once)."""
-        from presso.search._evaluator import dense_nbytes
+        from presso.compress import dense_nbytes
 
         return dense_nbytes(model)
 
