@@ -148,6 +148,8 @@ class QuantConfig:
         format: instead of ``bits``/``group_size``/``symmetric``, a ggml block format of
             :data:`STORAGE_FORMATS` (``Q4_K``, ``Q8_0``, ...), quantized by ggml itself as
             llama.cpp would (the ``gguf`` target stores it as is). ``None``: Presso's own codes.
+            With a format, ``method`` is ``"rtn"`` (ggml's blocks) or, for :data:`GPTQ_FORMATS`,
+            ``"gptq"`` (ggml's block scales, GPTQ's rounding inside them).
     """
 
     bits: int = KEEP_BITS

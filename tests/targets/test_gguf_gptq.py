@@ -112,3 +112,14 @@ def test_gptq_with_a_k_quant_or_float_format_is_a_one_line_error():
         assert "\n" not in str(info.value)
     with pytest.raises(PressoError, match="quant.method: got 'imatrix' with format 'Q4_0'; allowed: 'rtn' or 'gptq'"):
         QuantConfig(format="Q4_0", method="imatrix")
+
+
+def test_spaces_check_each_method_with_each_format_and_the_gguf_spaces_offer_gptq():
+    from presso.spaces import load_space
+
+    with pytest.raises(PressoError, match=r"space.groups\['down'\].format: quant.format: got 'Q4_K' with method 'gptq'"):
+        load_space({"groups": [{"name": "down", "modules": ["model.layers.*.mlp.down_proj"],
+                                "format": ["Q8_0", "Q4_K"], "method": ["rtn", "gptq"]}]})
+    for builtin, groups in (("smollm2-135m-gguf", {"mlp", "attn"}), ("minilm-l6-gguf", {"attn", "ffn_up"})):
+        space = load_space(f"builtin:{builtin}")
+        assert {g.name for g in space.groups if "gptq" in g.method.grid()} == groups
