@@ -214,6 +214,9 @@ def _check_quant_stats(resolved, calibration, modules) -> None:
     """Methods that need calibration statistics get them (embedding tables need none: no input)."""
     for name, cfg in resolved.items():
         needs = cfg.quant.needs
+        if needs == "hessian" and cfg.quant.format is not None and isinstance(modules[name], nn.Embedding):
+            raise PressoError(f"plan.layers[{name!r}].quant.method: got 'gptq' with format {cfg.quant.format!r} "
+                              "for an embedding table (no inputs, no Hessian); allowed: 'rtn'")
         if needs == "none" or (cfg.quant.format is not None and needs != "hessian") or isinstance(modules[name], nn.Embedding):
             continue  # a ggml format uses an importance matrix when one is given (optional, as in llama.cpp)
         where = f"plan.layers[{name!r}].quant.method"

@@ -123,3 +123,11 @@ def test_spaces_check_each_method_with_each_format_and_the_gguf_spaces_offer_gpt
     for builtin, groups in (("smollm2-135m-gguf", {"mlp", "attn"}), ("minilm-l6-gguf", {"attn", "ffn_up"})):
         space = load_space(f"builtin:{builtin}")
         assert {g.name for g in space.groups if "gptq" in g.method.grid()} == groups
+
+
+def test_gptq_on_an_embedding_table_is_a_one_line_error():
+    dense = tiny_llama()
+    calibration = collect_calibration(dense, torch.randint(0, 256, (2, 16)), hessians=True)
+    plan = Plan(layers={"model.embed_tokens": LayerConfig(quant=QuantConfig(format="Q8_0", method="gptq"))})
+    with pytest.raises(PressoError, match=r"embed_tokens'\]\.quant\.method: got 'gptq' .* allowed: 'rtn'"):
+        compress_(copy.deepcopy(dense), plan, calibration=calibration)
