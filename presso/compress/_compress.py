@@ -11,6 +11,7 @@ from torch import nn
 from presso.compress._adapters import inject_adapters, recover_
 from presso.compress._calibration import CalibrationStats, TeacherCache
 from presso.compress._formats import FORMATS, FormatCache, block_size, dequantize_rows, fits, quantize_rows
+from presso.compress._ggml_gptq import gptq_blocks
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._quant import dequantize, quantize
@@ -113,12 +114,17 @@ def _apply_formats(result: CompressionResult, modules, calibration, cache: Forma
     def run(job):
         name, rec = job
         fmt, weight = rec.config.quant.format, modules[name].weight
-        key = (name, fmt, rec.config.sparsity, id(calibration))
+        method = rec.config.quant.method
+        key = (name, fmt, method, rec.config.sparsity, id(calibration))
         hit = cache.get(key) if cache is not None else None
         if hit is None:
             stats = calibration.sq_norms.get(name) if calibration is not None else None
             importance = stats / max(calibration.n_tokens, 1) if stats is not None else None
             packed = quantize_rows(weight, fmt, importance)
+            if method == "gptq":  # ggml's block scales, then GPTQ's rounding inside them
+                mask = (weight != 0) if rec.config.sparsity.active else None
+                packed = gptq_blocks(weight, packed, fmt, calibration.hessians[name], mask=mask,
+                                     act_order=get_quantizer("gptq").act_order)
             restored = dequantize_rows(packed, fmt, weight.dtype).reshape(weight.shape)
             if cache is not None:
                 cache.put(key, packed, restored)
@@ -208,7 +214,10 @@ def _check_quant_stats(resolved, calibration, modules) -> None:
     """Methods that need calibration statistics get them (embedding tables need none: no input)."""
     for name, cfg in resolved.items():
         needs = cfg.quant.needs
-        if needs == "none" or cfg.quant.format is not None or isinstance(modules[name], nn.Embedding):
+        if needs == "hessian" and cfg.quant.format is not None and isinstance(modules[name], nn.Embedding):
+            raise PressoError(f"plan.layers[{name!r}].quant.method: got 'gptq' with format {cfg.quant.format!r} "
+                              "for an embedding table (no inputs, no Hessian); allowed: 'rtn'")
+        if needs == "none" or (cfg.quant.format is not None and needs != "hessian") or isinstance(modules[name], nn.Embedding):
             continue  # a ggml format uses an importance matrix when one is given (optional, as in llama.cpp)
         where = f"plan.layers[{name!r}].quant.method"
         if calibration is None:

@@ -20,6 +20,8 @@ STORAGE_FORMATS = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q5_1", "Q5_0",
 FORMAT_BITS = {"F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.5625, "Q5_K": 5.5, "Q5_1": 6.0,
                "Q5_0": 5.5, "Q4_K": 4.5, "Q4_1": 5.0, "Q4_0": 4.5, "IQ4_NL": 4.5, "Q3_K": 3.4375, "Q2_K": 2.625}
 """Stored bits per weight of each format, block scales included (checked against gguf's table in the tests)."""
+GPTQ_FORMATS = ("Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")
+"""Formats ``quant.method: gptq`` can round inside: ggml's 32-value blocks with fixed scales (no K-quants, no floats)."""
 IMPORTANCE_FORMATS = frozenset({"Q6_K", "Q5_K", "Q5_1", "Q5_0", "Q4_K", "Q4_1", "Q4_0", "IQ4_NL", "Q3_K", "Q2_K"})
 """Formats whose ggml quantizer weighs errors by an importance matrix from calibration text."""
 UNSTRUCTURED = "unstructured"
@@ -146,6 +148,8 @@ class QuantConfig:
         format: instead of ``bits``/``group_size``/``symmetric``, a ggml block format of
             :data:`STORAGE_FORMATS` (``Q4_K``, ``Q8_0``, ...), quantized by ggml itself as
             llama.cpp would (the ``gguf`` target stores it as is). ``None``: Presso's own codes.
+            With a format, ``method`` is ``"rtn"`` (ggml's blocks) or, for :data:`GPTQ_FORMATS`,
+            ``"gptq"`` (ggml's block scales, GPTQ's rounding inside them).
     """
 
     bits: int = KEEP_BITS
@@ -173,8 +177,11 @@ class QuantConfig:
         if not isinstance(self.method, str) or self.method not in _QUANT_METHODS:
             raise PressoError(f"quant.method: got {self.method!r}{did_you_mean(str(self.method), _QUANT_METHODS)}; "
                               f"allowed: {sorted(_QUANT_METHODS)}")
-        if self.format is not None and self.method != "rtn":
-            raise PressoError(f"quant.method: got {self.method!r} with format {self.format!r}; allowed: 'rtn' "
+        if self.format is not None and self.method == "gptq" and self.format not in GPTQ_FORMATS:
+            raise PressoError(f"quant.format: got {self.format!r} with method 'gptq'; allowed: {list(GPTQ_FORMATS)} "
+                              "(GPTQ rounds inside 32-value blocks with fixed scales)")
+        if self.format is not None and self.method not in ("rtn", "gptq"):
+            raise PressoError(f"quant.method: got {self.method!r} with format {self.format!r}; allowed: 'rtn' or 'gptq' "
                               "(ggml's own quantizer makes a format's blocks)")
         if self.method == "rtn_fmin" and self.symmetric:
             raise PressoError("quant.symmetric: got true with method 'rtn_fmin'; allowed: false "
@@ -183,6 +190,8 @@ class QuantConfig:
     @property
     def needs(self) -> str:
         """Calibration statistics the method needs: ``"none"``, ``"norms"`` or ``"hessian"``."""
+        if self.format is not None and self.method == "gptq":
+            return "hessian"
         if self.format is not None:
             return "norms" if self.uses_importance else "none"
         return _QUANT_METHODS[self.method] if self.active else "none"

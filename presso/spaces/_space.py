@@ -160,6 +160,9 @@ class Group:
         if not (isinstance(self.format, Fixed) and self.format.value is None) and not (
                 isinstance(self.bits, Fixed) and self.bits.value == KEEP_BITS):
             raise PressoError(f"{where}: format and bits are alternatives; allowed: a format list OR bits/group_size")
+        if not (isinstance(self.format, Fixed) and self.format.value is None):
+            for method in self.method.grid():  # each method must round inside each offered format
+                _check_values(f"{where}.format", self.format, lambda v: QuantConfig(format=v, method=method))
         if isinstance(self.bits, (FloatRange,)) or isinstance(self.structure, (FloatRange, IntRange)):
             raise PressoError(f"{where}: bits and structure take a list or a fixed value, not a range")
 
