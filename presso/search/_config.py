@@ -233,10 +233,11 @@ class StudyConfig:
             raise PressoError(f"study.objectives: each objective may appear once, got {list(objectives)!r}")
         from presso.objectives import registered_objectives  # the registry only: no torch
 
+        known = registered_objectives()
         for name in objectives:
-            if name not in registered_objectives():
-                raise PressoError(f"study.objectives: got {name!r}{did_you_mean(name, registered_objectives())}; "
-                                  f"registered objectives: {', '.join(registered_objectives())}")
+            if name not in known:
+                raise PressoError(f"study.objectives: got {name!r}{did_you_mean(name, known)}; "
+                                  f"registered objectives: {', '.join(known)}")
         object.__setattr__(self, "objectives", tuple(objectives))
         constraints = self.constraints or ()
         if isinstance(constraints, str):
