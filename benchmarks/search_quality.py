@@ -1,35 +1,41 @@
-"""Does the search beat uniform recipes? Uniform grid vs random search vs Presso's default search.
+"""Does the search beat the stock recipes at equal file size, on text it never saw? (issue 14)
 
-For each model, ONE :class:`~presso.search.Evaluator` (model, text, dense references and
-calibration statistics computed once) serves every arm; each arm is a real study run through
-:func:`presso.search.run_study` in a temporary SQLite store:
+The protocol, per model and target, side by side in one run:
 
-* ``uniform``: every uniform plan of the default space (``BoundSpace.uniform_choices``), the
-  embedding table included ("quantize everything to 4 bits");
-* ``uniform+embed``: a stronger baseline, every uniform plan of the block Linears with each bit
-  width the embedding table offers (measured directly, no study);
-* ``random@N`` and ``random@3N``: random search (``random@N`` is the first N trials of the
-  3N-trial run, which is itself a random search of N trials);
-* ``presso``: the default sampler (or ``--sampler``) with the default warm start
-  (sensitivity-guided per-unit and per-group plans, spread-out uniform plans), N trials;
-* ``nsga2``: the same with NSGA-II, when ``presso`` uses another sampler;
-* ``presso+mf``: ``presso`` with multi-fidelity on (a quarter of the text first).
+* **The search selects on its own evaluation text** (the study defaults: windows cut from the
+  evaluation documents of ``builtin:lee``, ``lee_background.cor``), in the target's formats (the
+  built-in ``*-gguf`` / ``*-ct`` spaces), so its size objective is the bytes of the target's file.
+* **Every reported front is re-scored on held-out text the search never saw, in the target's
+  runtime**: for ``gguf`` each front plan's ``.gguf`` is written (its bytes must equal the
+  trial's ``size_bytes``) and loaded by llama-cpp-python; for ``compressed-tensors`` the
+  compressed weights are the ones transformers loads from the folder, to the bit (tests/targets),
+  so they are scored in torch, sized by the target's exact byte count. The slices:
+  ``builtin:lee-heldout`` (``lee.cor``, other documents than the search's) and a second slice
+  far from the search text: the ``mini_newsgroup`` Usenet posts of the gensim wheel (another
+  domain and register than the news articles the search saw).
+* **Contenders**: Presso's default search (default sampler + warm start, N trials), NSGA-II
+  (Optuna's default multi-objective sampler, no warm start, N trials), random search with 3N
+  trials, and the stock recipes. For ``gguf``: llama.cpp's own quantizer (``llama_model_quantize``)
+  at every stock type on the F32 ``.gguf`` of the dense model, and each again with an importance
+  matrix from the search's calibration text (the per-tensor types llama.cpp chose, quantized by
+  ggml with the importance matrix: see ``benchmarks/targets.py`` for why). For
+  ``compressed-tensors``: llm-compressor's uniform W8A16 and W4A16 recipes, with RTN and with GPTQ.
+  Searches run ``--seeds`` times (different sampler seeds); stock recipes are deterministic.
 
-Evaluation is deterministic, so a plan measured by one arm is not measured again by another
-(a cache keyed by the plan); each arm is still charged the time its plans cost when measured,
-so the time columns are what each arm would cost on its own.
+Reported: hypervolume of each arm's re-scored front over ONE reference shared by all arms
+(quality floor, size of the stock Q8_0 file), median and range over the seeds; and, at every
+stock recipe's file size, the held-out quality gap to dense of the best plan on each front no
+larger than that file. "Gap" is ppl_ratio - 1 (perplexity relative to the dense model's on the
+same slice) or 1 - embedding_cosine. The targets checked (issue 14): at every stock recipe below
+Q4_1's size on SmolLM2 (its weights came from a Q4_1 GGUF, so Q4_1 reproduces them: no credit
+there) and at every stock recipe on MiniLM, Presso's gap is at most half the recipe's; and
+Presso's held-out hypervolume is above random search with 3x the trials on every seed.
 
-Reported per model: hypervolume with ONE reference point shared by all arms, the quality gap
-to the uncompressed model at matched sizes (best quality with size <= X read off each front),
-and the searched plans' per-unit choices.
+Evaluation is deterministic, so a plan measured by one arm is not measured again by another (a
+cache keyed by the plan); each arm is still charged what its plans cost when measured.
 
-    python benchmarks/search_quality.py                       # full: both models, N = 100
-    python benchmarks/search_quality.py --quick               # smoke: N = 20, short text
-    python benchmarks/search_quality.py --models minilm --trials 50 --no-write
-
-SmolLM2-135M ships as GGUF Q4_1 (4-bit, groups of 32 with scale and minimum), so its "dense"
-weights lie on a 4-bit grid (Presso's integer-zero-point 4-bit g32 does not match it and is not
-free there); MiniLM has ordinary fp32 weights.
+    python benchmarks/search_quality.py --models smollm2 minilm --trials 200 --seeds 0 1 2 --threads 1
+    python benchmarks/search_quality.py --models minilm --targets compressed-tensors --trials 20 --seeds 0 --no-write
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ import argparse
 import datetime
 import json
 import os
+import pickle
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,39 +56,51 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_study, run_study  # noqa: E402
-from presso.search._evaluator import Outcome  # noqa: E402
+from presso.errors import PressoError  # noqa: E402
+from presso.objectives import TrialContext, hypervolume, measure_all, prepare_all  # noqa: E402
+from presso.plan import Plan, plan_from_dict, plan_to_dict  # noqa: E402
+from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_study, pareto_rows, run_study  # noqa: E402
+from presso.search._evaluator import Outcome, TextData, _eval_context, _objectives_for  # noqa: E402
 from presso.search._records import trial_rows  # noqa: E402
+from presso.targets import get_target  # noqa: E402
+from targets import llama_quantize, stock_plan  # noqa: E402  (one stock-recipe maker for the benchmarks)
 
-Q4_1_NOTE = ("SmolLM2-135M ships as GGUF Q4_1 (4-bit, blocks of 32 with scale and minimum), so its 'dense' "
-             "weights lie on a 4-bit grid; Presso's integer-zero-point 4-bit g32 does not match that grid and is not "
-             "free on it (ppl 39.8 -> 48.4 in benchmarks/compress_models.py), but results on this model carry the "
-             "caveat. MiniLM-L6 has ordinary fp32 weights.")
+# llama.cpp's stock types that need no importance matrix (llama-quantize refuses the IQ1/IQ2/IQ3
+# types without one), largest first.
+STOCK = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_1", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_1", "Q4_0", "IQ4_NL",
+         "IQ4_XS", "Q3_K_L", "Q3_K_M", "Q3_K_S", "Q2_K"]
 
 
 @dataclass(frozen=True)
 class ModelSetup:
     key: str
     ref: str
+    spaces: dict  # target -> the built-in space the search runs in
     quality: str  # the quality objective
     direction: str
-    dense_quality: float  # the uncompressed model's value of the quality objective
-    quality_floor: float  # hypervolume reference for the quality objective (a plan worse than this is unusable)
-    sequences: int
-    seq_len: int
+    quality_floor: float  # hypervolume reference for the quality objective (worse is unusable)
+    heldout: tuple[tuple[str, str, int, int], ...]  # (slice name, text source, windows, tokens per window)
+    credit_below: str | None  # stock type whose size caps the targets (SmolLM2: Q4_1, see the module doc)
 
-
-# Matched sizes for the quality-gap table, as fractions of the uniform 8-bit plan's size (the
-# hypervolume's size reference), so they follow the space instead of being tuned to it.
-MATCHED = (0.6, 0.7, 0.8)
 
 MODELS = {
-    # The default spaces include the token embedding tables (21% of SmolLM2's fp32 bytes, tied
-    # to its output head; 52% of MiniLM's) as one unit next to the block Linears.
-    "smollm2": ModelSetup("smollm2", "builtin:smollm2-135m", "ppl_ratio", "minimize", 1.0, 2.0, 8, 128),
-    "minilm": ModelSetup("minilm", "builtin:minilm-l6", "embedding_cosine", "maximize", 1.0, 0.90, 32, 64),
+    "smollm2": ModelSetup("smollm2", "builtin:smollm2-135m",
+                          {"gguf": "builtin:smollm2-135m-gguf", "compressed-tensors": "builtin:smollm2-135m-ct"},
+                          "ppl_ratio", "minimize",
+                          2.0, (("lee-heldout", "builtin:lee-heldout", 8, 256), ("newsgroups", "newsgroups", 8, 256)),
+                          "Q4_1"),
+    "minilm": ModelSetup("minilm", "builtin:minilm-l6",
+                         {"gguf": "builtin:minilm-l6-gguf", "compressed-tensors": "builtin:minilm-l6-ct"},
+                         "embedding_cosine", "maximize",
+                         0.90, (("lee-heldout", "builtin:lee-heldout", 32, 128), ("newsgroups", "newsgroups", 32, 128)), None),
 }
+
+
+def gap_of(setup: ModelSetup, value: float) -> float:
+    """Quality lost against the dense model: ppl_ratio - 1, or 1 - cosine."""
+    return value - 1.0 if setup.direction == "minimize" else 1.0 - value
 
 
 class CachingEvaluator:
@@ -89,7 +109,7 @@ class CachingEvaluator:
 
     def __init__(self, inner: Evaluator):
         self.inner = inner
-        self.cache: dict[tuple, dict] = {}
+        self.cache: dict[str, tuple[Outcome, float]] = {}
         self.charged = 0.0  # seconds charged to the current arm
         self.measured = 0.0  # seconds really spent measuring (all arms)
         self.hits = 0
@@ -98,392 +118,411 @@ class CachingEvaluator:
         return getattr(self.inner, name)
 
     def evaluate(self, plan, number=None, *, promote=None, fidelity="full") -> Outcome:
-        from presso.plan import plan_to_dict
-
+        if promote is not None or fidelity != "full":
+            raise ValueError("search_quality runs without multi-fidelity (the default search)")
         key = json.dumps(plan_to_dict(plan), sort_keys=True)
-        entry = self.cache.setdefault(key, {})
-        if fidelity == "low" or promote is not None:
-            if "low" not in entry:
-                started = time.perf_counter()
-                out = self.inner.evaluate(plan, number, fidelity="low")
-                entry["low"], entry["low_s"] = out, time.perf_counter() - started
-                self.measured += entry["low_s"]
-            else:
-                self.hits += 1
-            self.charged += entry["low_s"]
-            low = entry["low"]
-            if fidelity == "low" or not promote(low.low_values):
-                return replace(low, timings=dict(low.timings))
-        if "full" not in entry:
+        if key in self.cache:
+            self.hits += 1
+        else:
             started = time.perf_counter()
             out = self.inner.evaluate(plan, number)
-            entry["full"], entry["full_s"] = out, time.perf_counter() - started
-            self.measured += entry["full_s"]
-        else:
-            self.hits += 1
-        # With a low-fidelity look first, the full measurement reuses the compressed model:
-        # charge the evaluation part only.
-        full = entry["full"]
-        cost = entry["full_s"]
-        if promote is not None:
-            cost = full.timings.get("evaluate_s", cost)
+            self.cache[key] = (out, time.perf_counter() - started)
+            self.measured += self.cache[key][1]
+        out, cost = self.cache[key]
         self.charged += cost
-        low_values = entry["low"].low_values if promote is not None else None
-        return replace(full, timings=dict(full.timings), low_values=low_values)
+        return replace(out, timings=dict(out.timings))
+
+
+class HeldoutScorer:
+    """The study's quality objective on one held-out slice, for files llama.cpp loads; the dense
+    model's references on that slice are computed once."""
+
+    def __init__(self, evaluator: Evaluator, setup: ModelSetup, name: str, source: str, windows: int, width: int,
+                 work: Path):
+        self.name = name
+        if source == "newsgroups":
+            from presso.data import newsgroups
+
+            texts = newsgroups("train")[0] + newsgroups("test")[0]
+            path = work / "newsgroups.txt"
+            path.write_text("\n\n".join(" ".join(t.split()) for t in texts), encoding="utf-8")
+            source = str(path)
+        # Nearly every document of the slice is evaluation text (the rest would be calibration,
+        # which nothing here uses).
+        config = EvalConfig(text=source, eval_fraction=0.95, sequences=windows, seq_len=width)
+        loaded = evaluator.loaded
+        self.text = TextData(loaded.tokenizer, config)
+        self.objectives = _objectives_for([setup.quality], loaded.task)
+        self.context = _eval_context(loaded, self.text, "cpu", config)
+        prepare_all(self.objectives, self.context)
+        self.quality = setup.quality
+        self.dense_bytes = evaluator.target.dense_bytes(loaded.model)
+        self.tokens = windows * width
+
+    def score_gguf(self, path: Path, threads: int) -> float:
+        runtime = get_target("gguf").load(path, n_ctx=int(self.context.input_ids.shape[1]), n_threads=threads)
+        return self.score(runtime, path.stat().st_size)
+
+    def score(self, model, size_bytes: int) -> float:
+        trial = TrialContext(size_bytes=size_bytes, dense_bytes=self.dense_bytes)
+        return float(measure_all(self.objectives, model, self.context, trial)[self.quality])
 
 
 @dataclass
-class Arm:
+class Scored:
+    """A plan or a stock file: its bytes and held-out quality per slice."""
+
     name: str
+    bytes: int
+    fraction: float
+    heldout: dict[str, float]
+    search: float | None = None  # the search's own value (search text), for fronts
+
+
+class Rescorer:
+    """Scores plans on every held-out slice in the target's runtime, remembering plans it scored:
+    ``gguf`` plans are written as a .gguf and loaded by llama.cpp; ``compressed-tensors`` plans
+    are scored in torch with the compressed weights, which are the weights transformers loads from
+    the folder, to the bit (tests/targets), and sized by the target's exact byte count."""
+
+    def __init__(self, evaluator: Evaluator, scorers: list[HeldoutScorer], work: Path, threads: int):
+        self.evaluator, self.scorers, self.work, self.threads = evaluator, scorers, work, threads
+        self.target = evaluator.target
+        self.dense_bytes = self.target.dense_bytes(evaluator.loaded.model)
+        self.cache: dict[str, Scored] = {}
+        self.seconds = 0.0
+
+    def score_file(self, name: str, path: Path) -> Scored:
+        values = {s.name: s.score_gguf(path, self.threads) for s in self.scorers}
+        size = path.stat().st_size
+        return Scored(name, size, size / self.dense_bytes, values)
+
+    def score_plan(self, name: str, plan: Plan, expected_bytes: int | None = None) -> Scored:
+        key = json.dumps(plan_to_dict(plan), sort_keys=True)
+        if key not in self.cache:
+            started = time.perf_counter()
+            model, result = self.evaluator.assets.compress(plan)
+            if self.target.name == "gguf":
+                out = self.work / "plan.gguf"
+                size = self.target.write(model, result, self.evaluator.loaded.tokenizer, out, force=True).on_disk_bytes
+                del model
+                scored = self.score_file(name, out)
+                out.unlink()
+            else:
+                size = self.target.predict_bytes(model, result)
+                scored = Scored(name, size, size / self.dense_bytes, {s.name: s.score(model, size) for s in self.scorers})
+                del model
+            if expected_bytes is not None and size != expected_bytes:
+                raise AssertionError(f"{name}: the target's file has {size} bytes, the trial recorded {expected_bytes}")
+            self.cache[key] = scored
+            self.seconds += time.perf_counter() - started
+        return replace(self.cache[key], name=name)
+
+
+@dataclass
+class ArmRun:
+    arm: str
+    seed: int
     trials: int
-    points: list[tuple[float, float]] = field(default_factory=list)  # complete trials (quality, size), in order
-    rows: list = field(default_factory=list)
-    charged: list[float] = field(default_factory=list)  # cumulative charged seconds after each trial
-    seconds: float = 0.0
-    warm_charged: float = 0.0
-    pruned: int = 0
-    notes: list[str] = field(default_factory=list)
+    complete: int = 0
+    charged_s: float = 0.0
+    front: list[Scored] = field(default_factory=list)  # the search front, re-scored on held-out text
 
 
-class ChargeClock:
-    """Observer recording the cumulative charged time after each trial."""
-
-    def __init__(self, evaluator: CachingEvaluator, arm: Arm):
-        self.evaluator, self.arm = evaluator, arm
-
-    def on_run_start(self, study, config):
-        self.arm.warm_charged = self.evaluator.charged  # probes measured while warm-starting
-
-    def on_trial_end(self, study, trial):
-        self.arm.charged.append(self.evaluator.charged)
-
-    def on_run_end(self, study, status):
-        pass
-
-
-def run_arm(evaluator: CachingEvaluator, base: StudyConfig, name: str, **changes) -> Arm:
-    config = replace(base, name=name, **changes)
-    arm = Arm(name=name, trials=config.trials)
-    evaluator.charged = 0.0
-    started = time.perf_counter()
-    run_study(config, progress=False, evaluator=evaluator, observers=[ChargeClock(evaluator, arm)])
-    arm.seconds = evaluator.charged
-    study = load_existing_study(name, config.storage)
-    warm = study.user_attrs.get("warm_start", {})
-    arm.rows = trial_rows(study)
-    q = base.objectives[0]
-    arm.points = [(r.values[q], r.values["size_fraction"]) for r in arm.rows if r.state == "COMPLETE"]
-    arm.pruned = sum(r.state == "PRUNED" and "low_values" in r.user_attrs for r in arm.rows)
-    if warm.get("seconds"):
-        # Warm-start work outside evaluate() (weight-error proxies, front lookup) is charged too.
-        extra = max(0.0, sum(warm["seconds"].values()) - arm.warm_charged)
-        arm.charged = [c + extra for c in arm.charged]
-        arm.seconds += extra
-        arm.notes.append(f"{name} warm start " + ", ".join(f"{k} {v:.1f}s" for k, v in warm["seconds"].items()))
-    print(f"  {name}: {len(arm.rows)} trials ({arm.pruned} stopped at low fidelity), charged {arm.seconds:.0f}s, "
-          f"wall {time.perf_counter() - started:.0f}s", flush=True)
-    return arm
-
-
-def run_plans(evaluator: CachingEvaluator, name: str, params_list: list[dict], bound, quality: str) -> Arm:
-    """An arm of fixed plans measured directly (no sampler): each ``params`` dict is one plan."""
-    from presso.search._records import TrialRow
-
-    arm = Arm(name=name, trials=len(params_list))
-    evaluator.charged = 0.0
-    for number, params in enumerate(params_list):
-        plan = bound.sample(lambda key, domain, p=params: p[key])
-        outcome = evaluator.evaluate(plan, number)
-        arm.rows.append(TrialRow(number=number, state="COMPLETE", values=dict(outcome.values), params=dict(params)))
-        arm.points.append((outcome.values[quality], outcome.values["size_fraction"]))
-        arm.charged.append(evaluator.charged)
-    arm.seconds = evaluator.charged
-    print(f"  {name}: {len(arm.rows)} plans, charged {arm.seconds:.0f}s", flush=True)
-    return arm
-
-
-def uniform_with_free_embedding(bound, embedding_names) -> list[dict]:
-    """Every uniform plan of the block Linears, each with every bit width the embedding unit
-    offers at its finest group size (the stronger baseline: "quantize the layers uniformly,
-    pick the table's bits")."""
-    embed_units = [u for u in bound.units if set(u.modules) <= set(embedding_names)]
-    plans, seen = [], set()
-    for combo in bound.uniform_choices():
-        base = bound.params_for(combo)
-        for unit in embed_units:
-            groups = getattr(unit.group.group_size, "values", None)
-            for bits in unit.group.bits.values:
-                params = dict(base)
-                for key in [k for k in params if k.startswith(unit.param(""))]:
-                    del params[key]
-                choice = {"bits": bits} if bits == 16 or not groups else {"bits": bits, "group_size": min(groups)}
-                params.update({unit.param(k): v for k, v in choice.items()})
-                signature = tuple(sorted(params.items()))
-                if signature not in seen:
-                    seen.add(signature)
-                    plans.append(params)
-    return plans
-
-
-def front(points, directions):
-    from presso.objectives import pareto_front
-
-    return pareto_front(points, directions)
-
-
-def hv(points, setup: ModelSetup, reference) -> float:
-    from presso.objectives import hypervolume
-
-    return hypervolume(points, reference, [setup.direction, "minimize"])
-
-
-def eight_bit_size(arm: "Arm") -> float:
-    """Size of the uniform 8-bit, unpruned plan (the largest such one): the hypervolume's size
-    reference. Both models lose next to nothing at 8 bits, so the hypervolume measures what a
-    search wins below the safe recipe everyone tries first."""
-    sizes = [r.values["size_fraction"] for r in arm.rows if r.state == "COMPLETE"
-             and all(v == 8 for k, v in r.params.items() if k.endswith("/bits"))
-             and all(v == 0 for k, v in r.params.items() if k.endswith("/sparsity"))]
-    return max(sizes) if sizes else 1.0
-
-
-def best_at(points, size: float, setup: ModelSetup):
-    fits = [p for p in points if p[1] <= size + 1e-12]
-    if not fits:
-        return None
-    return min(fits, key=lambda p: p[0]) if setup.direction == "minimize" else max(fits, key=lambda p: p[0])
-
-
-def gap(point, setup: ModelSetup):
-    """Quality lost against the uncompressed model: ppl_ratio - 1, or 1 - cosine."""
-    if point is None:
-        return None
-    return point[0] - setup.dense_quality if setup.direction == "minimize" else setup.dense_quality - point[0]
-
-
-def time_to_hv(arm: Arm, target: float, setup: ModelSetup, reference):
-    pts = []
-    complete = [r for r in arm.rows if r.user_attrs.get("cancelled") is None and r.state in ("COMPLETE", "PRUNED", "FAIL")]
-    for row, t in zip(complete, arm.charged):
-        if row.state == "COMPLETE":
-            pts.append((row.values[setup.quality], row.values["size_fraction"]))
-            if hv(pts, setup, reference) >= target - 1e-12:
-                return t
-    return None
-
-
-def unit_choices_text(row, bound) -> str:
-    """``attn/blocks0-4 s0.2 4b g32`` per unit, from a trial's parameters."""
-    parts = []
-    for unit in bound.units:
-        p = {k.rsplit("/", 1)[1]: v for k, v in row.params.items() if k.startswith(unit.param(""))}
-        fixed = {k: getattr(unit.group, k) for k in ("sparsity", "bits", "group_size")}
-        s = p.get("sparsity", getattr(fixed["sparsity"], "value", 0.0))
-        b = p.get("bits", getattr(fixed["bits"], "value", 16))
-        g = p.get("group_size", getattr(fixed["group_size"], "value", 0))
-        text = f"{unit.param('')[:-1]} s{s:g} {b}b" + (f" g{g}" if b != 16 else "")
-        parts.append(text)
-    return "; ".join(parts)
-
-
-def run_model(setup: ModelSetup, trials: int, quick: bool, tmp: str, sampler: str | None = None) -> dict:
-    directions = [setup.direction, "minimize"]
-    seq = max(2, setup.sequences // 2) if quick else setup.sequences
-    base = StudyConfig(name="base", model=setup.ref, space=setup.ref, objectives=(setup.quality, "size_fraction"),
-                       trials=trials, device="cpu", storage=f"sqlite:///{tmp}/{setup.key}.db", tracking_uri=None,
-                       eval=EvalConfig(sequences=seq, seq_len=setup.seq_len))
-    if sampler:
-        base = replace(base, sampler=sampler)
-    started = time.perf_counter()
-    inner = Evaluator(base)
-    setup_s = time.perf_counter() - started
-    evaluator = CachingEvaluator(inner)
-    combos = inner.bound.uniform_choices()
-    print(f"# {setup.ref}: setup {setup_s:.1f}s, {len(inner.bound.units)} units, {len(combos)} uniform plans; "
-          f"eval {seq} x {setup.seq_len} tokens", flush=True)
-    arms = {"uniform": run_arm(evaluator, base, "uniform", sampler="uniform", trials=len(combos), warm_start=False)}
-    arms["uniform+embed"] = run_plans(evaluator, "uniform+embed", uniform_with_free_embedding(inner.bound, inner.embedding_names),
-                                      inner.bound, setup.quality)
-    random3 = run_arm(evaluator, base, "random3", sampler="random", trials=3 * trials, warm_start=False)
-    random1 = Arm(name="random", trials=trials, rows=random3.rows[:trials], charged=random3.charged[:trials])
-    random1.points = [(r.values[setup.quality], r.values["size_fraction"]) for r in random1.rows if r.state == "COMPLETE"]
-    random1.seconds = random1.charged[-1] if random1.charged else 0.0
-    arms["random"] = random1
-    arms["random3"] = random3
-    arms["presso"] = run_arm(evaluator, base, "presso")
-    if base.sampler != "nsga2":
-        arms["nsga2"] = run_arm(evaluator, base, "nsga2", sampler="nsga2")
-    arms["presso+mf"] = run_arm(evaluator, base, "presso-mf", fidelity={"enabled": True})
-    fronts = {k: front(a.points, directions) for k, a in arms.items()}
-    reference = (setup.quality_floor, eight_bit_size(arms["uniform"]))
-    sizes = tuple(round(f * reference[1], 3) for f in MATCHED)
-    result = {"setup": setup, "setup_s": setup_s, "arms": arms, "fronts": fronts, "bound": inner.bound,
-              "reference": reference, "hv": {k: hv(a.points, setup, reference) for k, a in arms.items()},
-              "hv_dense_ref": {k: hv(a.points, setup, (setup.quality_floor, 1.0)) for k, a in arms.items()},
-              "measured_s": evaluator.measured, "hits": evaluator.hits, "eval": f"{seq} x {setup.seq_len} tokens",
-              "uniform_plans": len(combos), "sizes": sizes, "sampler": base.sampler}
-    # multi-fidelity: time to reach the hypervolume the plain search ended with
-    target = result["hv"]["presso"]
-    result["mf_time_to_target"] = time_to_hv(arms["presso+mf"], target, setup, reference)
-    result["presso_time_to_target"] = time_to_hv(arms["presso"], target, setup, reference)
-    del inner, evaluator
-    return result
-
-
-ARM_LABELS = {
-    "uniform": "uniform grid",
-    "uniform+embed": "uniform layers x every embedding choice",
-    "nsga2": "nsga2 + warm start",
-    "random": "random search",
-    "random3": "random search (3x trials)",
-    "presso": "Presso (default sampler + warm start)",
-    "presso+mf": "Presso default + multi-fidelity",
+ARMS = {  # name: (label, StudyConfig changes, trials multiplier)
+    "presso": ("Presso default (evo sampler + warm start)", {}, 1),
+    "nsga2": ("NSGA-II (no warm start)", {"sampler": "nsga2", "warm_start": False}, 1),
+    "random3": ("random search, 3x the trials", {"sampler": "random", "warm_start": False}, 3),
 }
 
 
-def _fmt(value, digits=4):
-    return "-" if value is None else f"{value:.{digits}f}"
+def run_search(evaluator: CachingEvaluator, rescorer: Rescorer, base: StudyConfig, arm: str, seed: int,
+               max_bytes: int) -> ArmRun:
+    label, changes, times = ARMS[arm]
+    config = replace(base, name=f"{arm}-{seed}", seed=seed, trials=times * base.trials, **changes)
+    evaluator.charged = 0.0
+    started = time.perf_counter()
+    run_study(config, progress=False, evaluator=evaluator)
+    study = load_existing_study(config.name, config.storage)
+    rows = trial_rows(study)
+    run = ArmRun(arm, seed, config.trials, complete=sum(r.state == "COMPLETE" for r in rows),
+                 charged_s=evaluator.charged)
+    warm = study.user_attrs.get("warm_start", {})
+    if warm.get("seconds"):  # warm-start work outside evaluate() (weight-error proxies) is charged too
+        run.charged_s += sum(warm["seconds"].values())
+    search_s = time.perf_counter() - started
+    rescore_before = rescorer.seconds
+    for row in pareto_rows(study):
+        if row.metrics["size_bytes"] > max_bytes:
+            continue  # above the hypervolume's reference and every stock recipe: counts nowhere
+        scored = rescorer.score_plan(str(row.number), plan_from_dict(row.plan), int(row.metrics["size_bytes"]))
+        scored.search = row.values[base.objectives[0]]
+        run.front.append(scored)
+    print(f"  {arm} seed {seed}: {len(rows)} trials ({run.complete} complete), charged {run.charged_s:.0f} s, "
+          f"wall {search_s:.0f} s; front {len(run.front)} plans re-scored in {rescorer.seconds - rescore_before:.0f} s",
+          flush=True)
+    return run
 
 
-def report(result: dict) -> tuple[str, dict]:
+def stock_recipes(evaluator: Evaluator, rescorer: Rescorer, work: Path, threads: int,
+                  types: list[str]) -> tuple[Scored, list[Scored], list[str]]:
+    """The dense F32 file and llama.cpp's stock recipes, without and with an importance matrix."""
+    import llama_cpp
+
+    target = get_target("gguf")
+    dense_model, tok = evaluator.loaded.model, evaluator.loaded.tokenizer
+    f32 = work / "f32.gguf"
+    _, dense_result = evaluator.assets.compress(Plan())
+    target.write(dense_model, dense_result, tok, f32, force=True)
+    dense = rescorer.score_file("F32 (dense)", f32)
+    recipes, notes = [], []
+    for ftype in types:
+        if not hasattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}"):
+            notes.append(f"{ftype}: not in this llama.cpp")
+            continue
+        stock = work / f"stock-{ftype}.gguf"
+        llama_quantize(f32, stock, ftype, threads)
+        recipes.append(rescorer.score_file(f"llama.cpp {ftype}", stock))
+        try:
+            plan = stock_plan(stock, dense_model)
+            recipes.append(rescorer.score_plan(f"{ftype} + imatrix", plan))
+        except PressoError as exc:  # a ggml type Presso does not write (IQ4_XS)
+            notes.append(f"{ftype} + imatrix: not made ({str(exc).splitlines()[0][:120]})")
+        stock.unlink()
+        print(f"  stock {ftype}: {recipes[-1].bytes:,} bytes", flush=True)
+    f32.unlink()
+    return dense, recipes, notes
+
+
+def uniform_recipes(evaluator: Evaluator, rescorer: Rescorer) -> tuple[Scored, list[Scored], list[str]]:
+    """compressed-tensors' stock recipes: llm-compressor's W8A16 (per channel) and W4A16 (groups of
+    128, or 64 where 128 does not divide the rows), symmetric, on every Linear (the embedding
+    table stays as it is, as in llm-compressor's recipes), with RTN and with GPTQ."""
+    from presso.plan import LayerConfig, QuantConfig
+
+    dense = rescorer.score_plan("dense", Plan())
+    names = [n for n in evaluator.module_names if n not in evaluator.embedding_names]
+    widths = {evaluator.loaded.model.get_submodule(n).in_features for n in names}
+    group = 128 if all(w % 128 == 0 for w in widths) else 64
+    recipes = []
+    for label, bits, size in (("W8A16", 8, 0), (f"W4A16 g{group}", 4, group)):
+        for method in ("rtn", "gptq"):
+            quant = QuantConfig(bits=bits, group_size=size, symmetric=True, method=method)
+            plan = Plan(layers={n: LayerConfig(quant=quant) for n in names})
+            recipes.append(rescorer.score_plan(f"uniform {label} {method}", plan))
+            print(f"  stock {recipes[-1].name}: {recipes[-1].bytes:,} bytes", flush=True)
+    return dense, recipes, []
+
+
+def run_model(setup: ModelSetup, target: str, trials: int, seeds: list[int], arms: list[str], tmp: Path,
+              threads: int, keep: str | None = None, stock_types: list[str] = STOCK) -> dict:
+    base = StudyConfig(name="base", model=setup.ref, target=target, space=setup.spaces[target],
+                       objectives=(setup.quality, "size_fraction"), trials=trials, device="cpu",
+                       storage=f"sqlite:///{tmp}/{setup.key}-{target}.db", tracking_uri=None)
+    started = time.perf_counter()
+    inner = Evaluator(base)
+    evaluator = CachingEvaluator(inner)
+    scorers = [HeldoutScorer(inner, setup, *spec, work=tmp) for spec in setup.heldout]
+    rescorer = Rescorer(inner, scorers, tmp, threads)
+    print(f"# {setup.ref} in {base.space}: setup {time.perf_counter() - started:.0f} s, {len(inner.bound.units)} units; "
+          f"search text {tuple(inner.context.input_ids.shape)}; held-out "
+          + ", ".join(f"{s.name} {s.tokens} tokens" for s in scorers), flush=True)
+    if target == "gguf":
+        dense, stock, notes = stock_recipes(inner, rescorer, tmp, threads, stock_types)
+    else:
+        dense, stock, notes = uniform_recipes(inner, rescorer)
+    result = {"setup": setup, "target": target, "dense": dense, "stock": stock, "notes": notes, "runs": [],
+              "trials": trials, "seeds": [], "arms": arms, "slices": [s.name for s in scorers],
+              "search_text": f"{inner.context.input_ids.shape[0]} x {inner.context.input_ids.shape[1]} tokens"}
+    for seed in seeds:
+        largest = max(s.bytes for s in stock)
+        result["runs"] += [run_search(evaluator, rescorer, base, arm, seed, largest) for arm in arms]
+        result["seeds"].append(seed)
+        result.update(measured_s=evaluator.measured, hits=evaluator.hits, rescore_s=rescorer.seconds)
+        if keep:  # the measurements so far (whole seeds), to print the report without re-running
+            Path(f"{keep}-{setup.key}-{target}.pkl").write_bytes(pickle.dumps(result))
+    return result
+
+
+def best_gap(setup: ModelSetup, front: list[Scored], slice_name: str, max_bytes: int) -> float | None:
+    fits = [gap_of(setup, s.heldout[slice_name]) for s in front if s.bytes <= max_bytes]
+    return min(fits) if fits else None
+
+
+def spread(values: list[float | None], digits: int = 4) -> str:
+    """``median [min, max]`` over seeds; '-' for a seed whose front has no plan that small."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    text = f"{statistics.median(known):.{digits}f}"
+    if len(known) > 1:
+        text += f" [{min(known):.{digits}f}, {max(known):.{digits}f}]"
+    return text + ("" if len(known) == len(values) else f" ({len(values) - len(known)} seed(s): none)")
+
+
+def report(result: dict) -> str:
     setup: ModelSetup = result["setup"]
-    arms, fronts, hvs, sizes = result["arms"], result["fronts"], result["hv"], result["sizes"]
-    lines = [f"### {setup.ref} ({setup.quality} vs size_fraction; eval {result['eval']} of held-out text)", ""]
-    if setup.key == "smollm2":
-        lines += [f"> {Q4_1_NOTE}", ""]
+    stock, runs, slices = result["stock"], result["runs"], result["slices"]
+    main_slice = slices[0]
+    directions = [setup.direction, "minimize"]
+    gguf = result["target"] == "gguf"
+    safe = next(s for s in stock if s.name == ("llama.cpp Q8_0" if gguf else "uniform W8A16 rtn"))
+    reference = (setup.quality_floor, safe.fraction)
+    cap = None
+    if setup.credit_below and gguf:  # the Q4_1 trap is a ggml block format's
+        cap = next(s.bytes for s in stock if s.name == f"llama.cpp {setup.credit_below}")
     gap_label = "ppl_ratio - 1" if setup.direction == "minimize" else "1 - cosine"
-    ref, dense_hvs = result["reference"], result["hv_dense_ref"]
-    head = (f"| arm | trials | complete | stopped early | charged time | hypervolume | HV / uniform "
-            f"| HV / uniform (size ref 1.0) | " + " | ".join(f"gap @ <= {s:.3f}" for s in sizes) + " |")
-    lines += [f"Hypervolume reference point, shared by every arm: {setup.quality} = {ref[0]} (worse is unusable) "
-              f"and size_fraction = {ref[1]:.4f}, the size of the uniform 8-bit unpruned plan (near-lossless on "
-              "this model, so the hypervolume measures what is won below the safe recipe); the column with size "
-              f"reference 1.0 (dense) is given for comparison. Gap = {gap_label} of the best plan with "
-              "size_fraction <= X on each arm's front ('-': the front has no plan that small).", "", head,
-              "|" + "---|" * (8 + len(sizes))]
-    uniform_hv = hvs["uniform"] or float("nan")
-    uniform_dense = dense_hvs["uniform"] or float("nan")
-    gaps = {}
-    for key, arm in arms.items():
-        g = [gap(best_at(fronts[key], s, setup), setup) for s in sizes]
-        gaps[key] = g
-        complete = len(arm.points)
-        label = ARM_LABELS[key].replace("default sampler", result["sampler"])
-        lines.append(f"| {label} | {len(arm.rows)} | {complete} | {arm.pruned} | {arm.seconds:.0f} s | "
-                     f"{hvs[key]:.5f} | {hvs[key] / uniform_hv:.2f}x | {dense_hvs[key] / uniform_dense:.2f}x | "
-                     + " | ".join(_fmt(x) for x in g) + " |")
+    runtime = "llama.cpp" if gguf else "torch with the weights transformers loads"
+    lines = [f"### {setup.ref}, target {result['target']} ({setup.spaces[result['target']]}); quality {setup.quality}", "",
+             f"Search text: {result['search_text']} of `builtin:lee`'s evaluation documents. Held-out slices, scored "
+             f"in {runtime}: " + ", ".join(slices) + f". Gap = {gap_label} on the held-out slice. N = "
+             f"{result['trials']} trials, seeds {result['seeds']}.", ""]
+
+    def hv(points):
+        return hypervolume(points, reference, directions)
+
+    # hypervolume per arm
+    lines += [f"Hypervolume of each front re-scored on {main_slice} (reference: {setup.quality} = "
+              f"{reference[0]}, size = {safe.name}, {reference[1]:.4f} of dense), median [min, max] over seeds; "
+              "the search-text column is the same fronts as the search saw them.", "",
+              "| contender | trials | held-out HV | search-text HV | charged time per seed |", "|---|---:|---:|---:|---:|"]
+    stock_points = [(s.heldout[main_slice], s.fraction) for s in stock]
+    hv_by = {}
+    for arm in result["arms"]:
+        arm_runs = [r for r in runs if r.arm == arm]
+        held = [hv([(s.heldout[main_slice], s.fraction) for s in r.front]) for r in arm_runs]
+        search = [hv([(s.search, s.fraction) for s in r.front]) for r in arm_runs]
+        hv_by[arm] = dict(zip((r.seed for r in arm_runs), held))
+        lines.append(f"| {ARMS[arm][0]} | {arm_runs[0].trials} | {spread(held, 5)} | {spread(search, 5)} | "
+                     f"{spread([r.charged_s for r in arm_runs], 0)} s |")
+    lines.append(f"| stock recipes (all {len(stock)} together) | - | {hv(stock_points):.5f} | - | - |")
     lines.append("")
+    for arm in result["arms"]:
+        if arm != "presso" and len(result["seeds"]) > 1:
+            mine, theirs = list(hv_by["presso"].values()), list(hv_by[arm].values())
+            inside = min(mine) <= max(theirs) and min(theirs) <= max(mine)
+            lines.append(f"- Presso vs {arm}: held-out HV median {statistics.median(mine):.5f} vs "
+                         f"{statistics.median(theirs):.5f}; the ranges {'overlap: the difference is inside the seed spread' if inside else 'do not overlap'}.")
+    lines.append("")
+
+    # gap at every stock size
+    for slice_name in slices:
+        head = "| stock recipe | file bytes | of dense | gap | " + " | ".join(f"{a}: best gap <= this size" for a in result["arms"])
+        lines += [f"Gap to dense on {slice_name} at each stock recipe's size (searches: median [min, max] over seeds):", "",
+                  head + " | Presso / stock |", "|---|---:|---:|---:|" + "---:|" * len(result["arms"]) + "---:|"]
+        for s in sorted(stock, key=lambda s: -s.bytes):
+            g = gap_of(setup, s.heldout[slice_name])
+            cells = []
+            for arm in result["arms"]:
+                cells.append(spread([best_gap(setup, r.front, slice_name, s.bytes) for r in runs if r.arm == arm]))
+            presso = [best_gap(setup, r.front, slice_name, s.bytes) for r in runs if r.arm == "presso"]
+            known = [p for p in presso if p is not None]
+            ratio = f"{statistics.median(known) / g:.2f}x" if known and g > 0 else "-"
+            lines.append(f"| {s.name} | {s.bytes:,} | {s.fraction:.4f} | {g:.4f} | " + " | ".join(cells) + f" | {ratio} |")
+        lines.append("")
+
     # targets
     checks = []
-    ratio_u = hvs["presso"] / uniform_hv if uniform_hv else float("nan")
-    checks.append(("hypervolume >= 1.2x the uniform grid's", ratio_u >= 1.2, f"{ratio_u:.2f}x"))
-    checks.append(("hypervolume >= random search with 3x the trials", hvs["presso"] >= hvs["random3"],
-                   f"{hvs['presso']:.5f} vs {hvs['random3']:.5f}"))
-    ratio_e = hvs["presso"] / hvs["uniform+embed"] if hvs["uniform+embed"] else float("nan")
-    checks.append(("(stronger baseline) hypervolume >= 1.2x uniform layers x every embedding choice", ratio_e >= 1.2,
-                   f"{ratio_e:.2f}x"))
-    for s, gp, gu in zip(sizes, gaps["presso"], gaps["uniform"]):
-        if gu is None and gp is None:
-            checks.append((f"gap at <= {s:.3f} at most half the best uniform plan's", None, "no plan that small"))
-        elif gu is None:
-            checks.append((f"gap at <= {s:.3f} at most half the best uniform plan's", True,
-                           f"{_fmt(gp)} (no uniform plan that small)"))
-        elif gp is None:
-            checks.append((f"gap at <= {s:.3f} at most half the best uniform plan's", False, "searched front has none"))
-        else:
-            ok = gp <= 0.5 * gu + 1e-12
-            checks.append((f"gap at <= {s:.3f} at most half the best uniform plan's", ok, f"{_fmt(gp)} vs {_fmt(gu)}"))
-    lines += [f"Targets (Presso with {result['sampler']} + warm start, N trials):", ""]
+    for s in sorted(stock, key=lambda s: -s.bytes):
+        if cap is not None and s.bytes >= cap:
+            continue
+        g = gap_of(setup, s.heldout[main_slice])
+        presso = [best_gap(setup, r.front, main_slice, s.bytes) for r in runs if r.arm == "presso"]
+        met = sum(p is not None and p <= 0.5 * g for p in presso)
+        checks.append((f"gap at <= {s.name}'s {s.bytes:,} bytes at most half its {g:.4f}",
+                       met == len(presso), f"{met} of {len(presso)} seeds; Presso {spread(presso)}"))
+    if "random3" in result["arms"]:
+        pairs = [(hv_by["presso"][seed], hv_by["random3"][seed]) for seed in result["seeds"]]
+        checks.append(("held-out hypervolume above random search with 3x the trials on every seed",
+                       all(p > r for p, r in pairs), ", ".join(f"{p:.5f} vs {r:.5f}" for p, r in pairs)))
+    where = (f"below {setup.credit_below}'s size ({cap:,} bytes; {setup.credit_below} reproduces SmolLM2's weights)"
+             if cap else "at every stock size")
+    lines += [f"Targets on {main_slice}, {where}:", ""]
     for text, ok, shown in checks:
-        mark = "n/a" if ok is None else ("met" if ok else "NOT met")
-        lines.append(f"- {text}: **{mark}** ({shown})")
-    mf, base_t = result["mf_time_to_target"], result["presso_time_to_target"]
-    arm_mf, arm_p = arms["presso+mf"], arms["presso"]
-    lines += ["", f"Multi-fidelity: {arm_mf.pruned} of {len(arm_mf.rows)} trials stopped after the short text; "
-              f"charged time {arm_mf.seconds:.0f} s vs {arm_p.seconds:.0f} s without "
-              f"({100 * (1 - arm_mf.seconds / arm_p.seconds):.0f}% less); final hypervolume "
-              f"{hvs['presso+mf']:.5f} vs {hvs['presso']:.5f}."]
-    if mf is not None and base_t is not None:
-        lines.append(f"Time to reach the plain search's final hypervolume: {mf:.0f} s with multi-fidelity vs "
-                     f"{base_t:.0f} s without ({100 * (1 - mf / base_t):.0f}% saved at equal front quality).")
-    else:
-        lines.append("With multi-fidelity the search did not reach the plain search's final hypervolume within its "
-                     "budget, so no time saving at equal front quality is claimed.")
-    lines += ["", f"Searched plans (Presso, {result['sampler']}) at the matched sizes, per unit (s = sparsity, b = bits, g = group):",
-              ""]
-    q = setup.quality
-    for s in sizes:
-        point = best_at(fronts["presso"], s, setup)
-        if point is None:
-            continue
-        row = next(r for r in arms["presso"].rows if r.state == "COMPLETE" and
-                   (r.values[q], r.values["size_fraction"]) == point)
-        source = row.user_attrs.get("seeded", "sampler")
-        lines.append(f"- size <= {s:.3f}: trial {row.number} ({source}), {q} {point[0]:.4f}, size {point[1]:.4f}: "
-                     f"{unit_choices_text(row, result['bound'])}")
-    best_u = [best_at(fronts["uniform"], s, setup) for s in sizes]
-    lines += ["", "Best uniform plans at the same sizes:", ""]
-    for s, point in zip(sizes, best_u):
-        if point is None:
-            lines.append(f"- size <= {s:.3f}: none")
-            continue
-        row = next(r for r in arms["uniform"].rows if r.state == "COMPLETE" and
-                   (r.values[q], r.values["size_fraction"]) == point)
-        lines.append(f"- size <= {s:.3f}: {q} {point[0]:.4f}, size {point[1]:.4f}: "
-                     f"{unit_choices_text(row, result['bound']).split('; ')[0]} (same for every unit)")
-    notes = [n for a in arms.values() for n in a.notes]
-    lines += ["", f"Setup {result['setup_s']:.0f} s (model, text, dense references); measuring took "
-              f"{result['measured_s']:.0f} s in all ({result['hits']} plan measurements reused across arms). "
-              + ("; ".join(notes))]
-    summary = {"hv": hvs, "gaps": gaps, "checks": [(t, ok, shown) for t, ok, shown in checks], "reference": ref}
-    return "\n".join(lines), summary
+        lines.append(f"- {text}: **{'met' if ok else 'NOT met'}** ({shown})")
+
+    # the plans
+    lines += ["", f"Presso's re-scored fronts (seed {result['seeds'][0]}): trial, of F32, held-out {setup.quality} per slice, "
+              f"search-text {setup.quality}:", ""]
+    first = next(r for r in runs if r.arm == "presso" and r.seed == result["seeds"][0])
+    for s in sorted(first.front, key=lambda s: s.bytes):
+        lines.append(f"- trial {s.name}: {s.fraction:.4f}, " + ", ".join(f"{k} {v:.4f}" for k, v in s.heldout.items())
+                     + f"; search {s.search:.4f}")
+    dense = result["dense"]
+    lines += ["", f"Dense {'F32 file in llama.cpp' if gguf else 'model'}: {dense.bytes:,} bytes, " +
+              ", ".join(f"{k} {v:.4f}" for k, v in dense.heldout.items()) + f" (vs the dense torch model). "
+              f"Measuring trials took {result['measured_s']:.0f} s ({result['hits']} measurements reused across arms); "
+              f"writing and re-scoring files {result['rescore_s']:.0f} s."]
+    if result["notes"]:
+        lines += ["", "Notes: " + "; ".join(result["notes"])]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["smollm2", "minilm"])
-    parser.add_argument("--trials", type=int, help="N: trials for random search and Presso (default 100; --quick 20)")
-    parser.add_argument("--quick", action="store_true", help="smoke run: N = 20 and half the evaluation text")
+    parser.add_argument("--trials", type=int, default=200, help="N: trials of Presso and NSGA-II (random: 3N)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--stock", nargs="+", choices=STOCK, default=STOCK,
+                        help="llama.cpp's stock types to make (default: all; Q8_0 is the hypervolume's size reference)")
+    parser.add_argument("--targets", nargs="+", choices=["gguf", "compressed-tensors"], default=["gguf", "compressed-tensors"])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    parser.add_argument("--threads", type=int, default=1, help="torch and llama.cpp threads")
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")), help="results file")
+    parser.add_argument("--section", default="## Search vs stock recipes on held-out text (`benchmarks/search_quality.py`, issue 14)")
     parser.add_argument("--no-write", action="store_true", help="print only")
-    parser.add_argument("--sampler", help="Presso's sampler (default: the study default); nsga2 is run alongside as well")
-    parser.add_argument("--threads", type=int,
-                        help="torch threads (default: torch's choice). On a small shared machine 1 is often faster: "
-                             "here a SmolLM2 forward took 2.6 s on 1 thread and 7 s on 2 while other jobs ran")
+    parser.add_argument("--keep", help="save the measurements after each seed to KEEP-<model>-<target>.pkl")
+    parser.add_argument("--report", nargs="+", metavar="PKL", help="print (and write) the report of saved measurements")
     args = parser.parse_args(argv)
-    if args.threads:
-        import torch
+    if "presso" not in args.arms:
+        parser.error("--arms: presso is the arm the targets are about")
+    import torch
 
-        torch.set_num_threads(args.threads)
-    trials = args.trials or (20 if args.quick else 100)
+    torch.set_num_threads(args.threads)
     command = "python benchmarks/search_quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     started = time.perf_counter()
+    if args.report:
+        results = [pickle.loads(Path(p).read_bytes()) for p in args.report]
+        for r in results:  # the model's settings as this file defines them
+            r["setup"] = MODELS[r["setup"].key]
+            r.setdefault("target", "gguf")
+        text = "\n\n".join(report(r) for r in results) + "\n"
+        print(text)
+        if not args.no_write:
+            write_section(Path(args.out), args.section, f"{args.section}\n\n{text}")
+        return 0
     sections = []
     with tempfile.TemporaryDirectory(prefix="presso-sq-", ignore_cleanup_errors=True) as tmp:
         for key in args.models:
-            result = run_model(MODELS[key], trials, args.quick, tmp, args.sampler)
-            text, _ = report(result)
-            print(text, flush=True)
-            sections.append(text)
+            for target in args.targets:
+                result = run_model(MODELS[key], target, args.trials, args.seeds, args.arms, Path(tmp), args.threads,
+                                   args.keep, args.stock)
+                text = report(result)
+                print(text, flush=True)
+                sections.append(text)
     total = time.perf_counter() - started
-    import torch
-
-    header = [
-        "## Search quality: uniform recipes vs random search vs Presso",
-        "",
-        f"- command: `{command.strip()}`",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {os.cpu_count()} CPU cores, shared with other jobs; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {platform.python_implementation()} {platform.python_version()}",
-        f"- N = {trials} trials for random search and Presso; total wall time {total / 60:.1f} min",
-        "",
-    ]
+    header = [args.section, "",
+              f"- command: `{command.strip()}`",
+              f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; total wall time {total / 60:.0f} min",
+              f"- machine: {platform.machine()}, {os.cpu_count()} CPU cores (shared), torch {torch.__version__} "
+              f"({args.threads} thread(s)), {platform.python_implementation()} {platform.python_version()}", ""]
     text = "\n".join(header + sections) + "\n"
     print(f"\ntotal {total / 60:.1f} min")
     if not args.no_write:
-        Path(args.out).write_text(text)
+        write_section(Path(args.out), args.section, text)
         print(f"wrote {args.out}")
     return 0
+
+
+def write_section(path: Path, heading: str, text: str) -> None:
+    """Replace the section under ``heading`` in ``path`` (up to the next ``## ``), or append it."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(heading + "\n")
+    if start < 0:
+        path.write_text(old.rstrip("\n") + "\n\n" + text)
+        return
+    end = old.find("\n## ", start + len(heading))
+    path.write_text(old[:start] + text + (old[end + 1:] if end >= 0 else ""))
 
 
 if __name__ == "__main__":
