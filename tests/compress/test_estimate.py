@@ -4,7 +4,6 @@ rounding (the warm start allocates on them)."""
 import copy
 
 import pytest
-import torch
 
 from presso.compress import (collect_calibration, compress_, dense_nbytes, fixed_nbytes, stored_weight_bytes,
                              target_modules, weighted_errors)
