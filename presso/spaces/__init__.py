@@ -2,7 +2,8 @@
 
 A YAML file names groups of modules by pattern and, per group, the choices; binding a space
 to a model's module names gives units of modules that share choices; ``BoundSpace.sample``
-turns answers to ``ask(name, domain)`` into a :class:`presso.plan.Plan`.
+turns answers to ``ask(name, domain)`` into a :class:`presso.plan.Plan`, and
+:func:`plan_to_params` maps a stored plan back onto a bound space's parameters.
 """
 
 from presso.spaces._builtin import builtin_space_path, builtin_spaces
