@@ -133,7 +133,7 @@ def main(argv=None) -> int:
     started_all = time.perf_counter()
     from presso.compress import compressible_modules, embedding_modules
     from presso.objectives import EvalContext, TrialContext, get_objective, measure_all, prepare_all
-    from presso.objectives._kernel_latency import COMPRESSION_KEY
+    from presso.objectives import COMPRESSION_KEY
     from presso.search._evaluator import CompressionAssets
     from presso.spaces import load_space
 

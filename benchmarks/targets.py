@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from presso.data import load_documents  # noqa: E402
 from presso.plan import LayerConfig, Plan, QuantConfig, plan_from_dict  # noqa: E402
 from presso.search import Evaluator, StudyConfig, pareto_rows, run_study  # noqa: E402
-from presso.search._driver import load_existing_study  # noqa: E402
+from presso.search import load_existing_study  # noqa: E402
 from presso.targets import get_target  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
         from presso.search.tracking import MlflowTracker
 
         observers.append(MlflowTracker(config.tracking_uri))
-    from presso.search._storage import redact
+    from presso.search import redact
 
     print(f"study {config.name!r}: {config.trials} trials on {config.model} with {config.sampler}; "
           f"store {redact(config.storage)}" + (f"; MLflow {redact(config.tracking_uri)}" if config.tracking_uri else ""))
@@ -101,8 +101,7 @@ def cmd_run(args) -> int:
 
 
 def _print_front(study_name: str, storage: str, fmt: str) -> None:
-    from presso.search import load_existing_study, pareto_table
-    from presso.search._results import check_format
+    from presso.search import check_format, load_existing_study, pareto_table
 
     check_format(fmt)  # before the store is opened
     study = load_existing_study(study_name, storage)
@@ -110,9 +109,7 @@ def _print_front(study_name: str, storage: str, fmt: str) -> None:
 
 
 def cmd_status(args) -> int:
-    from presso.search import load_existing_study, pareto_table, status_counts
-    from presso.search._index import StudyIndex
-    from presso.search._records import study_info
+    from presso.search import StudyIndex, load_existing_study, pareto_table, status_counts, study_info
 
     storage = _storage_arg(args)
     study = load_existing_study(args.study, storage)
@@ -124,8 +121,7 @@ def cmd_status(args) -> int:
     print("  ".join(f"{state.lower()} {count}" for state, count in counts.items()))
     print(pareto_table(study, "table", index))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None)
-    from presso.search import DEFAULT_TRACKING
-    from presso.search._storage import redact
+    from presso.search import DEFAULT_TRACKING, redact
 
     print(f"MLflow: run `presso ui{' --tracking-uri ' + redact(tracking) if tracking else ''}` and open the link it "
           f"prints for study {args.study!r} (its runs table; store {redact(tracking or DEFAULT_TRACKING)})")
@@ -139,7 +135,7 @@ def cmd_pareto(args) -> int:
         from pathlib import Path
 
         from presso.search import load_existing_study
-        from presso.search.tracking._plots import write_front_pictures
+        from presso.search.tracking import write_front_pictures
 
         written = write_front_pictures(load_existing_study(args.study, _storage_arg(args)), Path(args.plot))
         print(f"wrote {len(written)} pictures to {args.plot}: {written[0].name} and per-plan allocation heatmaps "
@@ -148,8 +144,7 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from presso.search import export_plan, load_existing_study
-    from presso.search._results import check_pick_rule
+    from presso.search import check_pick_rule, export_plan, load_existing_study
 
     check_pick_rule(args.pick)  # a malformed rule is rejected before the store is opened
     study = load_existing_study(args.study, _storage_arg(args))
@@ -167,7 +162,7 @@ def cmd_apply(args) -> int:
     config = _study_config(args) if args.study_file else None
     report = apply_plan(plan, args.out, model=args.model, config=config, force=args.force, device=args.device,
                         target=args.target)
-    from presso.targets._base import size_line
+    from presso.targets import size_line
 
     others = f"; other files (tokenizer, config): {report.other_files_bytes:,} bytes, not counted" \
         if report.other_files_bytes else ""
@@ -245,7 +240,7 @@ def cmd_sync(args) -> int:
 
     study = load_existing_study(args.study, _storage_arg(args))
     tracking = args.tracking_uri or (_study_config(args).tracking_uri if args.study_file else None) or DEFAULT_TRACKING
-    from presso.search._storage import redact
+    from presso.search import redact
 
     result = sync_study(study, tracking)
     print(f"synced study {args.study!r} to {redact(tracking)}: {result}")
@@ -361,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line, not a traceback, unless --debug
         if args.debug:
             raise
-        from presso.search._storage import redact
+        from presso.search import redact
 
         message = " ".join(str(exc).split())[:300]
         print(f"error: {type(exc).__name__}: {redact(message)} (run `presso --debug ...` for the traceback)", file=sys.stderr)

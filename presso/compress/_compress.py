@@ -23,6 +23,16 @@ from presso.plan import LayerConfig, Plan, PruneCriterion
 _COMPRESSED_FLAG = "_presso_compressed"
 
 
+def mark_dense(model: nn.Module) -> None:
+    """Forget that ``model`` was compressed, so :func:`compress_` accepts it again.
+
+    Only for a caller that has put every compressed weight back to its dense value (the
+    evaluator restores its one working copy per trial instead of deep-copying the model).
+    """
+    if getattr(model, _COMPRESSED_FLAG, False):
+        delattr(model, _COMPRESSED_FLAG)
+
+
 @dataclass
 class CompressedModule:
     """What was done to one Linear, with the integer tensors needed to store it.

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from presso.errors import PressoError
-from presso.plan._config import IMPORTANCE_FORMATS, STORAGE_FORMATS as FORMATS
+from presso.plan import IMPORTANCE_FORMATS, STORAGE_FORMATS as FORMATS
 
 
 
@@ -54,6 +54,7 @@ def row_nbytes(name: str, n_per_row: int) -> int:
 
 
 def fits(name: str, n_per_row: int) -> bool:
+    """Whether rows of ``n_per_row`` values can be stored as ``name`` (whole blocks only)."""
     return n_per_row % block_size(name) == 0
 
 
@@ -64,7 +65,8 @@ def bits_per_weight(name: str) -> float:
     return 8.0 * type_size / block
 
 
-def _ggml_dir() -> Path:
+def ggml_lib_dir() -> Path:
+    """The folder of the ggml shared libraries llama-cpp-python ships (quantizers, kernels)."""
     spec = importlib.util.find_spec("llama_cpp")
     if spec is None or spec.origin is None:
         raise PressoError("llama-cpp-python is not installed; it is a required dependency of presso (see the README's setup)")
@@ -73,7 +75,7 @@ def _ggml_dir() -> Path:
 
 @functools.cache
 def _ggml() -> ctypes.CDLL:
-    folder = _ggml_dir()
+    folder = ggml_lib_dir()
     names = ["libggml-base.so", "libggml-base.dylib", "ggml-base.dll", "libggml.so", "libggml.dylib"]
     for name in names:
         if (folder / name).is_file():

@@ -25,7 +25,7 @@ import torch
 
 from presso.compress.quantizers.gptq import BLOCK, FACTORS, PERCDAMP, _factor
 from presso.errors import PressoError
-from presso.plan._config import GPTQ_FORMATS
+from presso.plan import GPTQ_FORMATS
 
 QK = 32
 _KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)

@@ -33,6 +33,7 @@ from presso.objectives._base import (
     measure_all,
     prepare_all,
 )
+from presso.objectives._kernel_latency import COMPRESSION_KEY
 from presso.objectives._constraints import (
     CONSTRAINT_GRAMMAR,
     Constraint,
@@ -63,6 +64,7 @@ from presso.objectives._registry import (
 )
 
 __all__ = [
+    "COMPRESSION_KEY",
     "CONSTRAINT_GRAMMAR",
     "PICK_GRAMMAR",
     "BaseObjective",

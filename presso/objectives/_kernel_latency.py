@@ -58,7 +58,7 @@ class KernelLatencyObjective(BaseObjective):
     def compute(self, model: Any, ctx: EvalContext, trial: TrialContext) -> float:
         import torch
 
-        from presso.compress._kernels import kernel_view
+        from presso.compress import kernel_view
 
         self.prepare(ctx)
         ids = ctx.cache[f"latency_kernel/ids/{self.context}"]

@@ -7,6 +7,9 @@ applies them. Plans round-trip losslessly through :func:`plan_to_dict` /
 
 from presso.plan._config import (
     BITS_ALLOWED,
+    FORMAT_BITS,
+    GPTQ_FORMATS,
+    IMPORTANCE_FORMATS,
     KEEP_BITS,
     QUANT_NEEDS,
     AdapterConfig,
@@ -16,6 +19,7 @@ from presso.plan._config import (
     QuantConfig,
     RecoveryConfig,
     SparsityConfig,
+    STORAGE_FORMATS,
     parse_structure,
     quant_methods,
     register_quant_method,
@@ -27,13 +31,18 @@ from presso.plan._serialize import (
     plan_to_dict,
     plan_to_yaml,
     save_plan,
+    section_from_dict,
 )
 
 __all__ = [
     "BITS_ALLOWED",
+    "FORMAT_BITS",
+    "GPTQ_FORMATS",
+    "IMPORTANCE_FORMATS",
     "KEEP_BITS",
     "QUANT_NEEDS",
     "PLAN_VERSION",
+    "STORAGE_FORMATS",
     "AdapterConfig",
     "LayerConfig",
     "Plan",
@@ -49,4 +58,5 @@ __all__ = [
     "plan_to_dict",
     "plan_to_yaml",
     "save_plan",
+    "section_from_dict",
 ]

@@ -45,7 +45,10 @@ def _simple_to_dict(cfg) -> dict:
             if not (f.name in _LATER_FIELDS and getattr(cfg, f.name) == f.default)}
 
 
-def _simple_from_dict(cls, data, where: str):
+def section_from_dict(cls, data, where: str):
+    """One flat section of a plan (``SparsityConfig``, ``QuantConfig``, ``AdapterConfig``,
+    ``RecoveryConfig``) from a mapping; ``None`` gives the defaults, unknown keys are rejected
+    with ``where`` in the message."""
     if data is None:
         return cls()
     if not isinstance(data, dict):
@@ -67,9 +70,9 @@ def layer_from_dict(data, where: str) -> LayerConfig:
         raise PressoError(f"{where}: got {data!r}; allowed: a mapping with keys sparsity, quant, adapter")
     check_keys(where, data, ["sparsity", "quant", "adapter"])
     return LayerConfig(
-        sparsity=_simple_from_dict(SparsityConfig, data.get("sparsity"), f"{where}.sparsity"),
-        quant=_simple_from_dict(QuantConfig, data.get("quant"), f"{where}.quant"),
-        adapter=_simple_from_dict(AdapterConfig, data.get("adapter"), f"{where}.adapter"),
+        sparsity=section_from_dict(SparsityConfig, data.get("sparsity"), f"{where}.sparsity"),
+        quant=section_from_dict(QuantConfig, data.get("quant"), f"{where}.quant"),
+        adapter=section_from_dict(AdapterConfig, data.get("adapter"), f"{where}.adapter"),
     )
 
 
@@ -122,7 +125,7 @@ def plan_from_dict(envelope) -> Plan:
         value = kwargs["criterion"]
         if value not in [c.value for c in PruneCriterion]:
             raise PressoError(f"plan.criterion: got {value!r}; allowed: {[c.value for c in PruneCriterion]}")
-    recovery = _simple_from_dict(RecoveryConfig, data.get("recovery"), "plan.recovery")
+    recovery = section_from_dict(RecoveryConfig, data.get("recovery"), "plan.recovery")
     return Plan(layers=layers, recovery=recovery, **kwargs)
 
 

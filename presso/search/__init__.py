@@ -14,7 +14,7 @@ from presso.search._config import (
     load_study_file,
     study_from_dict,
 )
-from presso.search._driver import RunSummary, load_existing_study, open_study, run_study
+from presso.search._driver import RunSummary, open_study, run_study
 from presso.search._evaluator import (
     Evaluator,
     Outcome,
@@ -24,10 +24,11 @@ from presso.search._evaluator import (
     score_saved,
 )
 from presso.search._observer import StudyObserver
-from presso.search._records import TrialRow, pareto_rows, trial_rows
-from presso.search._results import export_plan, pareto_table, status_counts
+from presso.search._index import StudyIndex
+from presso.search._records import TrialRow, pareto_rows, study_info, trial_rows
+from presso.search._results import check_format, check_pick_rule, export_plan, pareto_table, status_counts
 from presso.search._samplers import make_sampler, register_sampler, sampler_names, unregister_sampler
-from presso.search._storage import open_storage, redact
+from presso.search._storage import load_existing_study, open_storage, redact
 from presso.search.optuna_space import suggest
 
 __all__ = [
@@ -40,9 +41,12 @@ __all__ = [
     "ResourcesConfig",
     "RunSummary",
     "StudyConfig",
+    "StudyIndex",
     "StudyObserver",
     "TrialRow",
     "apply_plan",
+    "check_format",
+    "check_pick_rule",
     "evaluate_saved",
     "evaluate_saved_report",
     "export_plan",
@@ -60,6 +64,7 @@ __all__ = [
     "score_saved",
     "status_counts",
     "study_from_dict",
+    "study_info",
     "suggest",
     "trial_rows",
     "unregister_sampler",

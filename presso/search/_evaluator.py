@@ -16,7 +16,7 @@ from pathlib import Path
 
 from presso.errors import PressoError
 from presso.search._config import EvalConfig, StudyConfig
-from presso.targets._base import kernel_counts
+from presso.targets import kernel_counts
 
 
 @dataclass(frozen=True)
@@ -119,7 +119,7 @@ class CompressionAssets:
             self.layer_cache = self.layer_cache or LayerCache()
             kwargs["cache"] = self.layer_cache
         if any(c.quant.format is not None for c in plan.layers.values()):
-            from presso.compress._formats import FormatCache
+            from presso.compress import FormatCache
 
             if self._format_cache is None:
                 self._format_cache = FormatCache()
@@ -173,8 +173,7 @@ class CompressionAssets:
         """
         import torch
 
-        from presso.compress import target_modules
-        from presso.compress._compress import _COMPRESSED_FLAG
+        from presso.compress import mark_dense, target_modules
 
         if self._work is None:
             dense_modules = target_modules(self.dense)
@@ -191,8 +190,7 @@ class CompressionAssets:
                 source, target = pairs[name]
                 target.copy_(source)
         self._dirty = set()
-        if getattr(work, _COMPRESSED_FLAG, False):
-            delattr(work, _COMPRESSED_FLAG)
+        mark_dense(work)
         return work
 
 
@@ -221,8 +219,7 @@ def _position_limit(model) -> int | None:
 
 def _eval_context(loaded, text: TextData, device: str, eval_config: EvalConfig, rows: int | None = None,
                   config: StudyConfig | None = None):
-    from presso.objectives import load_labelled
-    from presso.objectives._base import EvalContext
+    from presso.objectives import EvalContext, load_labelled
 
     path = eval_config.labels_file
     if path and config is not None:
@@ -309,8 +306,7 @@ class Evaluator:
         Raises:
             PressoError: the plan does not fit the model, or an objective is not finite.
         """
-        from presso.objectives import TrialContext, measure_all, trial_report_files
-        from presso.objectives._kernel_latency import COMPRESSION_KEY
+        from presso.objectives import COMPRESSION_KEY, TrialContext, measure_all, trial_report_files
 
         if fidelity not in ("full", "low"):
             raise PressoError(f"evaluate.fidelity: got {fidelity!r}; allowed: 'full', 'low'")
@@ -381,7 +377,7 @@ def dtype_label(model) -> str:
 def size_terms_for(target, model) -> dict[str, str]:
     """What ``size_bytes`` and ``dense_bytes`` count for ``target`` and this dense model (see
     :func:`presso.targets.size_line`); stored with the study as ``size``."""
-    from presso.targets._base import size_terms
+    from presso.targets import size_terms
 
     return size_terms(target, dtype_label(model))
 
@@ -552,7 +548,7 @@ def _evaluate_saved(directory, *, config: StudyConfig | None, device: str):
     from presso.compress import dense_nbytes, load_compressed
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
-    from presso.targets._base import size_line
+    from presso.targets import size_line
 
     runtime_target = _runtime_target(Path(directory))
     if runtime_target is not None:
@@ -595,8 +591,7 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
     compressed-tensors) on the study's evaluation text, with the same objectives as a trial."""
     from presso.models import load_model
     from presso.objectives import TrialContext, measure_all, prepare_all
-    from presso.targets import get_target
-    from presso.targets._base import size_line
+    from presso.targets import get_target, size_line
 
     if config is None:
         raise PressoError(f"evaluate: {str(path)!r} is a {target_name} model; pass --study-file "

@@ -84,6 +84,23 @@ def open_storage(url: str, *, heartbeat_s: int = 10, grace_s: int = 30, max_retr
     return storage
 
 
+def load_existing_study(name: str, storage_url: str):
+    """Open a study that must exist (for status, pareto, export, warm starts...).
+
+    Raises:
+        PressoError: no study ``name`` in the store (the message lists those there).
+    """
+    import optuna
+
+    storage = open_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        shown = ", ".join(repr(k) for k in known[:10]) or "none"
+        raise PressoError(f"study: no study named {name!r} in {redact(storage_url)!r}; studies there: {shown}") from None
+
+
 def _serialize_sqlite_transactions(engine) -> None:
     """Make every SQLite transaction take the write lock when it begins (``BEGIN IMMEDIATE``).
 

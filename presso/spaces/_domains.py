@@ -74,3 +74,23 @@ class Fixed:
 
 
 Domain = FloatRange | IntRange | Choice | Fixed
+
+
+def nearest_value(domain: Domain, wanted):
+    """The allowed value of ``domain`` nearest ``wanted``: clamped (and put on the step) for a
+    range, the closest number or else the first value for a list; ``None`` gives the lowest."""
+    if isinstance(domain, (FloatRange, IntRange)):
+        if wanted is None:
+            wanted = domain.low
+        value = min(max(wanted, domain.low), domain.high)
+        if domain.step:
+            value = domain.low + round((value - domain.low) / domain.step) * domain.step
+            value = min(value, domain.high)
+        return int(value) if isinstance(domain, IntRange) else round(float(value), 10)
+    values = list(domain.values)
+    if wanted in values:
+        return wanted
+    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and numeric:
+        return min(numeric, key=lambda v: (abs(v - wanted), v))
+    return values[0]

@@ -39,12 +39,12 @@ from presso.plan import (
     LayerConfig,
     Plan,
     QuantConfig,
+    RecoveryConfig,
     SparsityConfig,
     parse_structure,
+    section_from_dict,
 )
-from presso.plan._serialize import _names, _simple_from_dict
-from presso.plan._config import RecoveryConfig
-from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange
+from presso.spaces._domains import Choice, Domain, FloatRange, Fixed, IntRange, nearest_value
 
 TIES = ("module", "block", "group")
 CHOICE_KEYS = ("sparsity", "structure", "bits", "group_size", "symmetric", "method", "format", "rank")
@@ -255,7 +255,7 @@ class SearchSpace:
 
     def base_plan(self, layers: dict[str, LayerConfig], model: str | None = None) -> Plan:
         kwargs = {k: v for k, v in self.defaults.items() if k != "recovery"}
-        recovery = _simple_from_dict(RecoveryConfig, self.defaults.get("recovery"), "space.defaults.recovery")
+        recovery = section_from_dict(RecoveryConfig, self.defaults.get("recovery"), "space.defaults.recovery")
         try:
             return Plan(layers=layers, model=model or self.model, recovery=recovery, **kwargs)
         except PressoError as exc:
@@ -414,30 +414,12 @@ class BoundSpace:
 
         def ask(name: str, domain: Domain):
             key = name.rsplit("/", 1)[1]
-            chosen = _nearest(domain, choices.get(key))
+            chosen = nearest_value(domain, choices.get(key))
             params[name] = chosen
             return chosen
 
         self.sample(ask)
         return params
-
-
-def _nearest(domain: Domain, wanted):
-    if isinstance(domain, (FloatRange, IntRange)):
-        if wanted is None:
-            wanted = domain.low
-        value = min(max(wanted, domain.low), domain.high)
-        if domain.step:
-            value = domain.low + round((value - domain.low) / domain.step) * domain.step
-            value = min(value, domain.high)
-        return int(value) if isinstance(domain, IntRange) else round(float(value), 10)
-    values = list(domain.values)
-    if wanted in values:
-        return wanted
-    numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and numeric:
-        return min(numeric, key=lambda v: (abs(v - wanted), v))
-    return values[0]
 
 
 def load_space(source: str | Path | dict) -> SearchSpace:

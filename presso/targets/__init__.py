@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import importlib
 
-from presso.targets._base import Target, WrittenTarget
+from presso.targets._base import Target, WrittenTarget, kernel_counts, size_line, size_terms
 from presso.targets._registry import get_target, register_target, target_names
 
 
@@ -30,4 +30,5 @@ register_target("presso", _lazy("presso.targets.presso_folder", "PressoTarget"))
 register_target("gguf", _lazy("presso.targets.gguf", "GGUFTarget"))
 register_target("compressed-tensors", _lazy("presso.targets.compressed_tensors", "CompressedTensorsTarget"))
 
-__all__ = ["Target", "WrittenTarget", "get_target", "register_target", "target_names"]
+__all__ = ["Target", "WrittenTarget", "get_target", "kernel_counts", "register_target", "size_line", "size_terms",
+           "target_names"]

@@ -28,7 +28,7 @@ import functools
 
 from torch import nn
 
-from presso.compress._formats import _ggml_dir
+from presso.compress import ggml_lib_dir
 
 # (type, CPU feature, interleave "RxC", vec_dot_type, rows must be a multiple of): the x86 and
 # Arm rows of ggml_repack_get_optimal_repack_type, first match wins.
@@ -56,7 +56,7 @@ class _TypeTraitsCpu(ctypes.Structure):
 
 @functools.cache
 def _ggml_cpu() -> ctypes.CDLL:
-    folder = _ggml_dir()
+    folder = ggml_lib_dir()
     for name in ("libggml-cpu.so", "libggml-cpu.dylib", "ggml-cpu.dll"):
         if (folder / name).is_file():
             lib = ctypes.CDLL(str(folder / name))

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from presso.compress._modules import compressible_modules, embedding_modules
-from presso.compress._size import TensorSpec, safetensors_header_bytes, unique_state
+from presso.compress import (TensorSpec, compressible_modules, embedding_modules, safetensors_header_bytes,
+                             unique_state)
 from presso._files import replace_dir
 from presso.errors import PressoError
 from presso.targets._base import WrittenTarget

@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from presso.compress._formats import FORMATS, block_size, fits, row_nbytes
+from presso.compress import block_size, fits, row_nbytes
 from presso.errors import PressoError
+from presso.plan import STORAGE_FORMATS as FORMATS
 from presso.targets._base import WrittenTarget
 from presso.targets._gguf_arch import EMBEDDING, arch_for, permute_rows, runtime_of
 

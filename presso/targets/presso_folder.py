@@ -54,8 +54,7 @@ class PressoTarget:
         return predict_size(model, result).file_bytes
 
     def write(self, model, result, tokenizer, out: Path, *, force: bool = False) -> WrittenTarget:
-        from presso.compress import save_compressed
-        from presso.compress._size import WEIGHTS_FILE
+        from presso.compress import WEIGHTS_FILE, save_compressed
 
         report = save_compressed(model, result, tokenizer, out, force=force)
         return WrittenTarget(path=report.path, predicted_bytes=report.size.file_bytes,

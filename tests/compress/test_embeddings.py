@@ -5,7 +5,7 @@ import torch
 from safetensors import safe_open
 
 from presso.compress import compress_, embedding_modules, load_compressed, save_compressed, target_modules
-from presso.compress._kernels import kernel_view
+from presso.compress import kernel_view
 from presso.errors import PressoError
 from presso.plan import AdapterConfig, LayerConfig, Plan, QuantConfig, SparsityConfig
 from presso.spaces import SearchSpace

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from presso.compress import compress_
-from presso.compress._kernels import kernel_view
+from presso.compress import kernel_view
 from presso.models import load_model
 from presso.plan import LayerConfig, Plan, QuantConfig, SparsityConfig
 
@@ -48,7 +48,7 @@ def test_unquantized_sparse_layers_stay_dense_with_a_reason(llama):
 
 def test_latency_kernel_objective_measures_with_kernels(llama):
     from presso.objectives import EvalContext, TrialContext, get_objective, prepare_all
-    from presso.objectives._kernel_latency import COMPRESSION_KEY
+    from presso.objectives import COMPRESSION_KEY
 
     model = copy.deepcopy(llama)
     result = compress_(model, Plan(layers={"re:.*": LayerConfig(quant=QuantConfig(bits=4, group_size=32))}))

@@ -8,7 +8,7 @@ import pytest
 
 from presso.errors import PressoError
 from presso.objectives import TrialContext, get_objective
-from presso.objectives._kernel_latency import COMPRESSION_KEY
+from presso.objectives import COMPRESSION_KEY
 from presso.objectives._vllm_latency import vllm_unavailable
 
 

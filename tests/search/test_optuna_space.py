@@ -12,7 +12,7 @@ from presso.search import (
     trial_rows,
     unregister_sampler,
 )
-from presso.search._driver import load_existing_study
+from presso.search import load_existing_study
 from presso.spaces import SearchSpace
 from presso.errors import PressoError
 

@@ -9,14 +9,9 @@ from presso.errors import PressoError
 from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_study, run_study, study_from_dict
 from presso.search._config import WarmStartConfig
 from presso.search._records import pareto_rows, trial_rows
-from presso.search._warmstart import (
-    _allocate_near_uniform,
-    _least_damage,
-    _stored_bytes,
-    _UnitChoice,
-    plan_to_params,
-    unit_choices,
-)
+from presso.compress import stored_weight_bytes
+from presso.search._allocation import UnitChoice, allocate_near_uniform, choices_of, least_damage
+from presso.spaces import plan_to_params
 
 TWO_BLOCKS = {  # one unit per block, so each block gets its own sensitivity
     "defaults": {"criterion": "wanda", "calibration_samples": 4, "calibration_seq_len": 32},
@@ -57,12 +52,12 @@ def test_stored_bytes_match_the_size_report(evaluator):
 
     modules = compressible_modules(evaluator.loaded.model)
     unit = evaluator.bound.units[0]
-    for choice in unit_choices(unit):
+    for choice in choices_of(unit):
         plan = evaluator.bound.space.base_plan({m: choice.config for m in unit.modules})
         _, result = evaluator.assets.compress(plan)
         for name in unit.modules:
             weight = modules[name].weight
-            predicted = _stored_bytes(choice.config, tuple(weight.shape), weight.dtype, plan.criterion)
+            predicted = stored_weight_bytes(choice.config, tuple(weight.shape), weight.dtype, plan.criterion)
             reported = result.size.modules[name] if name in result.size.modules else None
             actual = (reported.total_bytes - reported.bias_bytes) if reported else weight.numel() * weight.element_size()
             assert predicted == actual, (choice.config, name)
@@ -71,15 +66,15 @@ def test_stored_bytes_match_the_size_report(evaluator):
 def test_allocation_gives_sensitive_units_the_gentle_choices():
     # Two identical units (sizes 100/60/30 bytes, relative errors 0/0.3/1); unit 0 is 10x as sensitive.
     def unit():
-        return [_UnitChoice({}, None, size=s, error=e) for s, e in ((100, 0.0), (60, 0.3), (30, 1.0))]
+        return [UnitChoice({}, None, size=s, error=e) for s, e in ((100, 0.0), (60, 0.3), (30, 1.0))]
 
     per_unit = [unit(), unit()]
     damages = [[10 * c.error for c in per_unit[0]], [1 * c.error for c in per_unit[1]]]
-    picks = _least_damage(per_unit, damages, budget=130)  # room for one gentle and one hard unit
+    picks = least_damage(per_unit, damages, budget=130)  # room for one gentle and one hard unit
     assert [per_unit[u][i].size for u, i in enumerate(picks)] == [100, 30]
-    picks = _least_damage(per_unit, damages, budget=120)  # 60 + 60 or 100 + 30 (> budget): both medium
+    picks = least_damage(per_unit, damages, budget=120)  # 60 + 60 or 100 + 30 (> budget): both medium
     assert sum(per_unit[u][i].size for u, i in enumerate(picks)) <= 120
-    assert _least_damage(per_unit, damages, budget=10) == []  # below the smallest reachable size
+    assert least_damage(per_unit, damages, budget=10) == []  # below the smallest reachable size
 
 
 def test_per_group_seed_moves_a_sensitive_table_off_the_recipe():
@@ -96,12 +91,12 @@ def test_per_group_seed_moves_a_sensitive_table_off_the_recipe():
     damage_by_bits = {"embed": {2: 40.0, 4: 10.0, 8: 0.0}, "blocks": {2: 0.5, 4: 0.05, 8: 0.0}}
     per_unit, damages = [], []
     for unit in bound.units:
-        choices = unit_choices(unit)
+        choices = choices_of(unit)
         for c in choices:
             c.size = 25 * c.config.quant.bits
         per_unit.append(choices)
         damages.append([damage_by_bits[unit.group.name][c.config.quant.bits] for c in choices])
-    plans = dict(_allocate_near_uniform(bound, per_unit, damages, count=2))
+    plans = dict(allocate_near_uniform(bound, per_unit, damages, count=2))
     assert plans["uniform sparsity=0.0, bits=4, group_size=0"] == [1, 1, 1]  # near-uniform: stuck at the recipe
     # Per-group budgets spread between the smallest recipe (150) and the free one (600): 300, 450.
     per_group = {name: picks for name, picks in plans.items() if name.startswith("per-group")}

@@ -164,7 +164,7 @@ def test_plans_with_formats_round_trip_and_old_plans_read_the_same(tmp_path):
 
 def test_llama_decode_latency_is_measured_on_the_trials_gguf(tmp_path):
     from presso.objectives import EvalContext, TrialContext, get_objective
-    from presso.objectives._kernel_latency import COMPRESSION_KEY
+    from presso.objectives import COMPRESSION_KEY
 
     model = tiny_llama(tmp_path)
     compressed = copy.deepcopy(model)

@@ -11,7 +11,7 @@ from presso.compress import compress_
 from presso.models import smollm2_gguf_path
 from presso.plan import LayerConfig, Plan, QuantConfig
 from presso.targets import get_target
-from presso.targets._base import kernel_counts
+from presso.targets import kernel_counts
 from presso.targets._ggml_kernels import cpu_features, repacked
 
 from .conftest import tiny_llama

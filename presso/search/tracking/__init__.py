@@ -9,6 +9,7 @@ Importing this package does not import MLflow; the classes and functions do, whe
 """
 
 from presso.search.tracking._mirror import SyncReport, sync_study
+from presso.search.tracking._plots import write_front_pictures
 from presso.search.tracking._summary import plan_summary
 from presso.search.tracking._tracker import MlflowTracker
 from presso.search.tracking._ui import (
@@ -37,4 +38,5 @@ __all__ = [
     "sync_study",
     "ui_url",
     "wait_for_ui",
+    "write_front_pictures",
 ]

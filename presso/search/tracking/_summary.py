@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from presso.plan._config import FORMAT_BITS
+from presso.plan import FORMAT_BITS
 from presso.search._records import MODULES_KEY, TrialRow
 
 # MLflow limits (mlflow.utils.validation): longer values are rejected, not cut.

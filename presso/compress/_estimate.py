@@ -1,0 +1,112 @@
+"""Estimates without compressing: the bytes a weight takes as stored under a layer config, and
+the activation-weighted error pruning or quantizing it would leave. The warm start ranks every
+choice of every unit with them, before any trial runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from presso.compress._calibration import CalibrationStats
+from presso.compress._compress import CompressedModule
+from presso.compress._prune import mask_from_ranks, prune_mask
+from presso.compress._size import module_specs, unique_state
+from presso.compress.quantizers import get_quantizer
+from presso.plan import LayerConfig, PruneCriterion, QuantConfig, SparsityConfig
+
+
+def stored_weight_bytes(config: LayerConfig, shape: tuple[int, int], dtype: torch.dtype,
+                        criterion: PruneCriterion) -> int:
+    """Exact bytes a ``shape`` weight takes as stored under ``config`` (the layout
+    :func:`save_compressed` writes; codes and masks are never computed).
+
+    Example::
+
+        stored_weight_bytes(LayerConfig(quant=QuantConfig(bits=4, group_size=32)), (64, 64),
+                            torch.float32, PruneCriterion.WANDA)
+    """
+    out_f, in_f = shape
+    numel = out_f * in_f
+    kept, mask = numel, None
+    if config.sparsity.active:
+        mask = torch.empty(0)  # only "pruned or not" matters to the layout
+        if config.sparsity.n_m is not None:
+            n, m = config.sparsity.n_m
+            kept = numel // m * n
+        elif criterion is PruneCriterion.WANDA:
+            kept = out_f * (in_f - round(config.sparsity.amount * in_f))
+        else:
+            kept = numel - round(config.sparsity.amount * numel)
+    q = config.quant
+    # The same record compress_ fills in, without its tensors: module_specs is the one size rule.
+    rec = CompressedModule(name="w", config=config, shape=shape, dtype=dtype, bits=q.bits if q.active else None,
+                           group_size=q.group_size, symmetric=q.symmetric, mask=mask, n_kept=kept, method=q.method)
+    return sum(spec.nbytes for _, spec in module_specs(rec, "w"))
+
+
+@dataclass
+class WeightErrors:
+    """Activation-weighted squared errors ``sum_ij (W - W_hat)_ij^2 * ||X_j||^2`` summed over modules.
+
+    Attributes:
+        prune: per sparsity asked for, the error of pruning alone (0 for an inactive one).
+        quant: per quant config asked for, the error of quantizing alone (0 for an inactive one
+            or one whose group size does not divide a module's inputs).
+        dense: the same sum over the dense weights (``sum W^2 ||X||^2``), to make them relative.
+    """
+
+    prune: list[float]
+    quant: list[float]
+    dense: float
+
+
+@torch.no_grad()
+def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[SparsityConfig],
+                    quants: list[QuantConfig], criterion: PruneCriterion) -> WeightErrors:
+    """The Wanda/OBS proxy of the output error each sparsity and each quant config would cause in
+    ``modules`` (``{name: module}``), pruned as :func:`compress_` prunes and quantized by the
+    registered quantizer of each config's method (with the layer statistics it would get).
+
+    A module without input statistics (an embedding table) weights its columns equally.
+    """
+    prune_err = [0.0] * len(sparsities)
+    quant_err = [0.0] * len(quants)
+    dense = 0.0
+    wanda = criterion is PruneCriterion.WANDA
+    for name, module in modules.items():
+        w = module.weight.detach().to(torch.float32)
+        norms = stats.sq_norms[name].to(w.device, torch.float32).unsqueeze(0) if name in stats.sq_norms \
+            else torch.ones(1, w.shape[1], device=w.device)
+        w2n = w.pow(2).mul_(norms)
+        dense += float(w2n.sum())
+        for i, sp in enumerate(sparsities):
+            if not sp.active:
+                continue
+            ranks = stats.row_ranks(name, module.weight) if wanda and sp.n_m is None else None
+            if ranks is not None:
+                keep = mask_from_ranks(ranks, sp.amount)[0]
+            else:
+                keep = prune_mask(w, sp.amount, sp.n_m, stats.sq_norms[name] if wanda else None)
+            prune_err[i] += float(w2n[~keep].sum())
+        for i, q in enumerate(quants):
+            if not q.active or (q.group_size and w.shape[1] % q.group_size):
+                continue
+            layer = stats.layer_stats(name) if name in stats.sq_norms else None  # what compress_ hands the handler
+            diff = get_quantizer(q.method).quantize(w, q, layer).dequantize().sub_(w)
+            quant_err[i] += float(diff.pow_(2).mul_(norms).sum())
+    return WeightErrors(prune=prune_err, quant=quant_err, dense=dense)
+
+
+def adapter_free_nbytes(model) -> int:
+    """:func:`dense_nbytes` without LoRA adapter tensors (``.lora_`` in their names)."""
+    unique, _ = unique_state(model)
+    return sum(t.numel() * t.element_size() for k, t in unique.items() if ".lora_" not in k)
+
+
+def fixed_nbytes(model, modules: dict) -> int:
+    """Bytes of everything but the weights of ``modules`` (``{name: module}``, the ones a space
+    compresses): what a plan leaves as it is."""
+    own = {id(m.weight) for m in modules.values()}
+    return adapter_free_nbytes(model) - sum(m.weight.numel() * m.weight.element_size() for m in modules.values()
+                                            if id(m.weight) in own)

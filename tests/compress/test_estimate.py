@@ -1,0 +1,70 @@
+"""Estimates without compressing equal what compress_ does: stored bytes exactly, weight errors to
+rounding (the warm start allocates on them)."""
+
+import copy
+
+import pytest
+
+from presso.compress import (collect_calibration, compress_, dense_nbytes, fixed_nbytes, stored_weight_bytes,
+                             target_modules, weighted_errors)
+from presso.plan import LayerConfig, Plan, PruneCriterion, QuantConfig, SparsityConfig
+
+MODULES = ("model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj")  # [128, 64] and [64, 128]
+CONFIGS = [
+    LayerConfig(),
+    LayerConfig(sparsity=SparsityConfig(0.5)),
+    LayerConfig(sparsity=SparsityConfig(0.1)),  # sparse encoding larger than dense: stored dense
+    LayerConfig(sparsity=SparsityConfig(structure="2:4")),
+    LayerConfig(quant=QuantConfig(bits=4, group_size=32)),
+    LayerConfig(quant=QuantConfig(bits=8, group_size=0, symmetric=True)),
+    LayerConfig(quant=QuantConfig(bits=3, group_size=32, method="rtn_fmin")),
+    LayerConfig(sparsity=SparsityConfig(0.5), quant=QuantConfig(bits=4, group_size=32)),
+    LayerConfig(sparsity=SparsityConfig(0.25), quant=QuantConfig(bits=2, group_size=64, method="rtn_fmin")),
+    LayerConfig(sparsity=SparsityConfig(structure="2:4"), quant=QuantConfig(bits=8, group_size=32)),
+]
+
+
+@pytest.mark.parametrize("criterion", [PruneCriterion.MAGNITUDE, PruneCriterion.WANDA])
+def test_stored_weight_bytes_equal_the_compressed_size(llama, ids, criterion):
+    stats = collect_calibration(llama, ids) if criterion is PruneCriterion.WANDA else None
+    modules = target_modules(llama)
+    for config in CONFIGS:
+        plan = Plan(layers={m: config for m in MODULES}, criterion=criterion)
+        result = compress_(copy.deepcopy(llama), plan, calibration=stats)
+        for name in MODULES:
+            weight = modules[name].weight
+            predicted = stored_weight_bytes(config, tuple(weight.shape), weight.dtype, criterion)
+            reported = result.size.modules.get(name)
+            actual = reported.total_bytes - reported.bias_bytes if reported else weight.numel() * weight.element_size()
+            assert predicted == actual, (config, name)
+
+
+def test_weighted_errors_are_those_of_the_compressed_weights(llama, ids):
+    stats = collect_calibration(llama, ids)
+    dense = target_modules(llama)
+    sparsities = [SparsityConfig(0.0), SparsityConfig(0.5), SparsityConfig(structure="2:4")]
+    quants = [QuantConfig(bits=16), QuantConfig(bits=8, group_size=32), QuantConfig(bits=2, group_size=32),
+              QuantConfig(bits=4, group_size=48)]  # 48 divides neither module's inputs: no error counted
+    errors = weighted_errors({m: dense[m] for m in MODULES}, stats, sparsities, quants, PruneCriterion.WANDA)
+
+    def measured(config):
+        model = copy.deepcopy(llama)
+        compress_(model, Plan(layers={m: config for m in MODULES}, criterion="wanda"), calibration=stats)
+        after = target_modules(model)
+        return sum(float((after[m].weight - dense[m].weight).detach().pow(2).mul(stats.sq_norms[m]).sum()) for m in MODULES)
+
+    assert errors.dense == pytest.approx(sum(float(dense[m].weight.detach().pow(2).mul(stats.sq_norms[m]).sum())
+                                             for m in MODULES))
+    assert errors.prune[0] == 0.0 and errors.quant[0] == 0.0 and errors.quant[3] == 0.0
+    for sp, err in zip(sparsities[1:], errors.prune[1:]):
+        assert err == pytest.approx(measured(LayerConfig(sparsity=sp)), rel=1e-5)
+    for q, err in zip(quants[1:3], errors.quant[1:3]):
+        assert err == pytest.approx(measured(LayerConfig(quant=q)), rel=1e-5)
+    assert 0 < errors.quant[1] < errors.quant[2] < errors.dense
+
+
+def test_fixed_bytes_are_the_dense_bytes_less_the_chosen_weights(llama):
+    modules = {m: target_modules(llama)[m] for m in MODULES}
+    weights = sum(m.weight.numel() * m.weight.element_size() for m in modules.values())
+    assert fixed_nbytes(llama, modules) == dense_nbytes(llama) - weights
+    assert fixed_nbytes(llama, {}) == dense_nbytes(llama)
