@@ -130,24 +130,3 @@ def test_workers_resume_a_study_started_in_one_process(workdir):
     summary = run_study_workers(config.with_overrides(workers=2), progress=False)
     rows = trial_rows(load_existing_study("mixed", url))
     assert summary.counted == sum(r.counted for r in rows) == 8 and summary.ran_here == 5
-
-
-def test_workers_hand_their_files_to_the_parent_once(tmp_path):
-    """A worker leaves ``on_files`` output (classification reports) in a folder; the parent hands
-    each trial's files on once and the invocation's once, however many workers wrote it."""
-    from presso.search.workers import _deliver_files, _FileDrop
-
-    drop = _FileDrop(tmp_path)
-    for _ in range(2):  # every worker prepares the same dense model
-        drop.on_files(None, None, {"uncompressed/r.txt": "dense"})
-    drop.on_files(None, 3, {"r.txt": "trial 3"})
-    got = []
-
-    def notify(hook, study, number, files):
-        got.append((hook, number, files))
-
-    assert _deliver_files(tmp_path, None, notify, False) is True
-    drop.on_files(None, 4, {"r.txt": "trial 4"})
-    assert _deliver_files(tmp_path, None, notify, True) is True
-    assert got == [("on_files", None, {"uncompressed/r.txt": "dense"}), ("on_files", 3, {"r.txt": "trial 3"}),
-                   ("on_files", 4, {"r.txt": "trial 4"})]
