@@ -158,7 +158,7 @@ class ProcessPoolExecutor(Executor):
 
     def _died(self, worker: _Worker) -> list:
         code = worker.proc.wait()
-        lost = [(worker.job, Lost(f"worker {worker.index} {_describe_exit(code)} during this trial"))] if worker.job else []
+        lost = [(worker.job, Lost(f"worker {worker.index} died during this trial (it {_describe_exit(code)})"))] if worker.job else []
         worker.conn.close()
         worker.conn, worker.job = None, None
         self.keep_logs = True
