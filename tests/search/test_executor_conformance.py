@@ -254,6 +254,9 @@ class Follower:
     def on_trial_end(self, study, trial):
         self.calls.append(("trial", trial.number))
 
+    def on_files(self, study, trial_number, files):
+        self.calls.append(("files", (trial_number, sorted(files))))
+
     def on_run_end(self, study, status):
         self.calls.append(("end", status))
 
@@ -271,6 +274,9 @@ def test_failing_trials_are_recorded_and_the_study_keeps_its_exact_budget(env, p
     assert all(r.user_attrs.get("worker") for r in rows if r.counted), "each trial records where it ran"
     assert follower.calls[0] == ("start", None) and follower.calls[-1] == ("end", "FINISHED")
     assert sorted(n for kind, n in follower.calls if kind == "trial") == sorted(r.number for r in rows)
+    # A measured trial's files (its kernel table) come back from the worker to the observers.
+    files = [value for kind, value in follower.calls if kind == "files"]
+    assert {n for n, names in files if "kernels.json" in names} == {r.number for r in rows if r.state == "COMPLETE"}
 
 
 @ALL

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from presso.errors import PressoError
+from tests.search.test_executor_conformance import Follower as Recorder  # sees each stored trial once
 
 POSTGRES = os.environ.get("PRESSO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -41,22 +42,6 @@ def _postgres_or_skip() -> str:
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-class Recorder:
-    """An observer like the MLflow tracker: it must see every stored trial exactly once."""
-
-    def __init__(self):
-        self.calls = []
-
-    def on_run_start(self, study, config):
-        self.calls.append(("start", None))
-
-    def on_trial_end(self, study, trial):
-        self.calls.append(("trial", trial.number))
-
-    def on_run_end(self, study, status):
-        self.calls.append(("end", status))
 
 
 def _delete(name, url):
