@@ -39,9 +39,6 @@ from presso.errors import PressoError
 from presso.search._executor import Executor
 from presso.search._jobs import Failed, Lost, WorkerView, worker_study
 
-# Kept here for callers of the Ray backend; the rule itself lives in the one study loop.
-from presso.search._driver import MAX_LOST_RETRIES  # noqa: F401
-
 
 class TrialWorker:
     """One Ray actor: builds the study's :class:`~presso.search.Evaluator` once, then runs jobs
