@@ -82,16 +82,7 @@ def cmd_run(args) -> int:
 
     print(f"study {config.name!r}: {config.trials} trials on {config.model} with {config.sampler}; "
           f"store {redact(config.storage)}" + (f"; MLflow {redact(config.tracking_uri)}" if config.tracking_uri else ""))
-    if config.backend == "ray":
-        from presso.search.ray_backend import run_study_ray
-
-        summary = run_study_ray(config, observers=observers, progress=not args.no_progress)
-    elif config.workers > 1:
-        from presso.search.workers import run_study_workers
-
-        summary = run_study_workers(config, observers=observers, progress=not args.no_progress)
-    else:
-        summary = run_study(config, observers=observers, progress=not args.no_progress)
+    summary = run_study(config, observers=observers, progress=not args.no_progress)  # executor from config
     state = "interrupted; run the same command again to resume" if summary.interrupted else "done"
     print(f"study {summary.study_name!r} {state}: {summary.counted}/{config.trials} trials "
           f"({summary.complete} complete, {summary.failed} failed), Pareto front of {summary.pareto_size}")

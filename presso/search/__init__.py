@@ -1,7 +1,8 @@
 """Search: the only package that imports Optuna, Ray and MLflow.
 
-``run_study(config)`` drives an Optuna study in a SQL store; ``presso.search.tracking`` follows
-it in MLflow; ``presso.search.ray_backend`` runs trials on a Ray cluster.
+``run_study(config)`` drives an Optuna study in a SQL store, with its trials on an executor
+(``local``, ``workers`` or ``ray``; ``register_executor`` adds one); ``presso.search.tracking``
+follows it in MLflow.
 """
 
 from presso.search._config import (
@@ -23,6 +24,7 @@ from presso.search._evaluator import (
     evaluate_saved_report,
     score_saved,
 )
+from presso.search._executor import Executor, executors, register_executor
 from presso.search._observer import StudyObserver
 from presso.search._index import StudyIndex
 from presso.search._records import TrialRow, pareto_rows, study_info, trial_rows
@@ -37,6 +39,7 @@ __all__ = [
     "DEFAULT_TRACKING",
     "EvalConfig",
     "Evaluator",
+    "Executor",
     "Outcome",
     "ResourcesConfig",
     "RunSummary",
@@ -49,6 +52,7 @@ __all__ = [
     "check_pick_rule",
     "evaluate_saved",
     "evaluate_saved_report",
+    "executors",
     "export_plan",
     "load_existing_study",
     "load_study_file",
@@ -58,6 +62,7 @@ __all__ = [
     "pareto_rows",
     "pareto_table",
     "redact",
+    "register_executor",
     "register_sampler",
     "run_study",
     "sampler_names",

@@ -4,17 +4,17 @@ Budget rule: a trial counts when it completed, failed for a reason of its own (b
 NaN, out of memory), or was stopped after its low-fidelity look (multi-fidelity: PRUNED with
 ``low_values``). Trials lost to an interruption or a dead worker do not count and are
 retried, so a study always ends with exactly ``trials`` counted trials, however often it was
-killed and resumed. Several workers may share one store; a worker that finds its freshly
+killed and resumed. Several drivers may share one store; a driver that finds its freshly
 asked trial beyond the budget marks it PRUNED with ``cancelled`` instead of running it.
+
+This is the only ask/tell loop: executors (:mod:`presso.search._executor`) run the plans.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -26,8 +26,11 @@ from presso.search._config import StudyConfig
 from presso.search._observer import StudyObserver
 from presso.search._records import MODULES_KEY, SIZE_KEY, STUDY_ATTR, modules_info, row_from_trial, study_info
 from presso.search._samplers import make_sampler
-from presso.search._storage import heartbeat, open_storage, redact
+from presso.search._jobs import failure_reason
+from presso.search._storage import load_existing_study, open_storage
 from presso.search.optuna_space import suggest
+
+MAX_LOST_RETRIES = 3  # a plan whose worker died this many times fails (counted), e.g. host OOM
 
 
 @dataclass
@@ -43,19 +46,6 @@ class RunSummary:
 
 def space_fingerprint(space_dict: dict) -> str:
     return hashlib.sha256(json.dumps(space_dict, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def load_existing_study(name: str, storage_url: str):
-    """Open a study that must exist (for status, pareto, export...)."""
-    import optuna
-
-    storage = open_storage(storage_url)
-    try:
-        return optuna.load_study(study_name=name, storage=storage)
-    except KeyError:
-        known = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        shown = ", ".join(repr(k) for k in known[:10]) or "none"
-        raise PressoError(f"study: no study named {name!r} in {redact(storage_url)!r}; studies there: {shown}") from None
 
 
 def open_study(config: StudyConfig, storage, evaluator):
@@ -124,20 +114,6 @@ def _check_compatible(name: str, stored: dict, wanted: dict) -> None:
             )
 
 
-def _enqueue_warm_start(study, config: StudyConfig, evaluator) -> int:
-    """Seed a new study (see :mod:`presso.search._warmstart`): ``uniform`` walks every uniform
-    plan; other samplers get, as ``config.warm_start`` says, an earlier study's front, then
-    sensitivity-guided plans, then a few spread-out uniform plans. What was enqueued is kept in
-    the study's ``warm_start`` user attribute; notes (plans mapped or skipped) are printed."""
-    from presso.search._warmstart import enqueue_warm_start
-
-    report = enqueue_warm_start(study, config, evaluator)
-    study.set_user_attr("warm_start", report.to_dict())
-    for note in report.notes:
-        print(note)
-    return report.total
-
-
 def check_warm_start_source(config: StudyConfig, storage) -> None:
     """Before a study is created, check that the study it should start from exists (a typo
     would otherwise leave a new study that can never be warm-started)."""
@@ -176,70 +152,224 @@ class _Budget:
 
 
 def run_study(config: StudyConfig, *, observers: list[StudyObserver] | None = None, progress: bool = True,
-              evaluator=None, max_trials_here: int | None = None) -> RunSummary:
+              evaluator=None, max_trials_here: int | None = None, executor=None) -> RunSummary:
     """Run (or resume) the study described by ``config`` until its budget is reached.
 
+    The one study loop, whatever runs the trials: it asks the sampler, keeps the budget exact,
+    beats the heartbeats of the trials in flight, retries trials whose worker died, decides
+    multi-fidelity promotions, tells the store and calls the observers. The executor (this
+    process, local worker processes or Ray actors; see :mod:`presso.search._executor`) only
+    evaluates plans.
+
     Args:
-        config: the study settings.
-        observers: followers such as the MLflow tracker.
+        config: the study settings (``backend`` and ``workers`` pick the executor).
+        observers: followers such as the MLflow tracker; they run in this process.
         progress: show a progress bar.
-        evaluator: a ready :class:`~presso.search.Evaluator` (built from ``config`` when None).
-        max_trials_here: stop after this many trials in this process (tests, benchmarks).
+        evaluator: a ready :class:`~presso.search.Evaluator` for the ``local`` executor.
+        max_trials_here: stop after this many trials in this call (tests, benchmarks).
+        executor: an :class:`~presso.search._executor.Executor` to use instead.
 
     Returns:
         A :class:`RunSummary`.
+
+    Raises:
+        PressoError: the study cannot be opened, or the workers cannot start.
+
+    Example::
+
+        summary = run_study(load_study_file("examples/tiny.yaml"))
     """
     import optuna
 
-    from presso.search._evaluator import Evaluator
-    from presso.search._progress import StudyProgress
+    from presso.search._executor import make_executor
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(config.storage, heartbeat_s=config.heartbeat_s, grace_s=config.grace_s)
-    evaluator = evaluator or Evaluator(config)
     check_warm_start_source(config, storage)
-    study, created = open_study(config, storage, evaluator)
-    if created:
-        _enqueue_warm_start(study, config, evaluator)
-    observers = list(observers or [])
-    notify = _Notifier(observers)
-    notify("on_run_start", study, config)
-    dense_files = getattr(evaluator, "dense_files", dict)()
-    if dense_files:
-        notify("on_files", study, None, dense_files)
-    budget = _Budget(study, config.trials)
-    ran_here, interrupted, status = 0, False, "FINISHED"
-    bar = StudyProgress(config.trials, enabled=progress, objective_names=[s.name for s in evaluator.objective_specs])
+    if executor is None:
+        executor = make_executor(config, evaluator=evaluator) if evaluator is not None else make_executor(config)
+    notify = _Notifier(list(observers or []))
+    loop = _Loop(config, storage, executor, notify, max_trials_here)
+    status = "FINISHED"
     try:
-        with bar:
-            while max_trials_here is None or ran_here < max_trials_here:
-                optuna.storages.fail_stale_trials(study)
-                index, counted, running, waiting = budget.snapshot()
-                bar.update_index(index)
-                if counted >= config.trials:
-                    break
-                if counted + running >= config.trials and waiting == 0:
-                    time.sleep(min(config.heartbeat_s, 2))  # others' trials may still fail and need a retry
-                    continue
-                trial = ask_with_heartbeat(study, storage)
-                if budget.surplus(trial.number):
-                    trial.set_user_attr("cancelled", "budget already filled by other trials")
-                    study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                    continue
-                frozen, files = _run_trial(study, storage, trial, evaluator, config)
-                ran_here += 1
-                bar.trial_done(row_from_trial(frozen))
-                if files:
-                    notify("on_files", study, frozen.number, files)
-                notify("on_trial_end", study, frozen)
+        view = executor.start()
+        loop.study, created = open_study(config, storage, view)
+        if created:
+            _warm_start(loop.study, config, view, executor)
+        notify("on_run_start", loop.study, config)
+        dense_files = getattr(view, "dense_files", dict)()
+        if dense_files:
+            notify("on_files", loop.study, None, dense_files)
+        loop.run(view, progress)
     except KeyboardInterrupt:
-        interrupted, status = True, "KILLED"
+        loop.interrupted, status = True, "KILLED"
+        loop.retry_in_flight()
     except BaseException:
         status = "FAILED"
         raise
     finally:
-        notify("on_run_end", study, status)
-    return summarize(config.name, study, ran_here, interrupted)
+        try:
+            if loop.study is not None:
+                notify("on_run_end", loop.study, status)
+        finally:
+            executor.close()
+    return summarize(config.name, loop.study, loop.ran_here, loop.interrupted)
+
+
+@dataclass
+class _InFlight:
+    trial: object
+    started: float
+    promoter: object = None
+
+
+class _Loop:
+    """The state of one :func:`run_study` call: the trials in flight and what ran here."""
+
+    def __init__(self, config: StudyConfig, storage, executor, notify, max_trials_here: int | None):
+        self.config, self.storage, self.executor, self.notify = config, storage, executor, notify
+        self.max_trials_here = max_trials_here
+        self.study = None
+        self.inflight: dict[int, _InFlight] = {}
+        self.ran_here, self.interrupted = 0, False
+
+    def _room(self, counted: int, running: int, waiting: int) -> bool:
+        """Whether to ask another trial now: a worker is free, the budget is not filled by trials
+        finished or running (queued retries excepted), and this call may run one more."""
+        here = self.max_trials_here is None or self.ran_here + len(self.inflight) < self.max_trials_here
+        budget = counted < self.config.trials and (counted + running < self.config.trials or waiting > 0)
+        return here and budget and self.executor.free() > 0
+
+    def run(self, view, progress: bool) -> None:
+        import optuna
+
+        from presso.search._progress import StudyProgress
+        from presso.search._storage import Heartbeats
+
+        config, study = self.config, self.study
+        budget = _Budget(study, config.trials)
+        bar = StudyProgress(config.trials, enabled=progress, objective_names=[s.name for s in view.objective_specs])
+        self.bar = bar
+        with bar, Heartbeats(self.storage, config.heartbeat_s) as self.beats:
+            while True:
+                optuna.storages.fail_stale_trials(study)
+                index, counted, running, waiting = budget.snapshot()
+                bar.update_index(index)
+                done_here = self.max_trials_here is not None and self.ran_here >= self.max_trials_here
+                if (counted >= config.trials or done_here) and not self.inflight:
+                    return
+                while self._room(counted, running, waiting):
+                    trial = ask_with_heartbeat(study, self.storage)
+                    if budget.surplus(trial.number):
+                        trial.set_user_attr("cancelled", "budget already filled by other trials")
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    else:
+                        self._submit(trial, view)
+                    _, counted, running, waiting = budget.snapshot()
+                if not self.inflight:
+                    time.sleep(min(config.heartbeat_s, 2))  # others' trials may still fail and need a retry
+                    continue
+                for handle, result in self.executor.wait(1.0):
+                    item = self.inflight.pop(handle)
+                    self.beats.discard(item.trial._trial_id)
+                    self._record(*tell_result(study, item, result, view))
+
+    def _submit(self, trial, view) -> None:
+        from presso.search._jobs import TrialJob
+
+        started = time.perf_counter()
+        try:
+            # The plan itself is not stored: the params and the study attribute rebuild it.
+            plan = suggest(trial, view.bound, model=self.config.model)
+        except Exception as exc:  # noqa: BLE001 - a plan that cannot be built fails alone
+            self._record(tell_failure(self.study, trial, failure_reason(exc), started), {})
+            return
+        promoter = _promoter(self.study, trial, view, self.config)
+        handle = self.executor.submit(TrialJob(plan, trial.number, low_first=promoter is not None), promote=promoter)
+        where = self.executor.where(handle)
+        if where:
+            trial.set_user_attr("worker", where)
+        self.beats.add(trial._trial_id)
+        self.inflight[handle] = _InFlight(trial, started, promoter)
+
+    def _record(self, frozen, files: dict) -> None:
+        row = row_from_trial(frozen)
+        if row.counted:
+            self.ran_here += 1
+            self.bar.trial_done(row)
+        if files:
+            self.notify("on_files", self.study, frozen.number, files)
+        self.notify("on_trial_end", self.study, frozen)
+
+    def retry_in_flight(self) -> None:
+        """After an interrupt: the trials in flight are queued again (a worker's own store
+        write is not waited for; a trial missed here goes stale and is retried instead)."""
+        for item in self.inflight.values():
+            try:
+                tell_retry(self.study, item.trial, "interrupted",
+                           "the run was stopped during this trial; it is retried on resume")
+            except Exception:  # noqa: BLE001 - it goes stale and is retried after grace_s instead
+                pass
+        self.inflight.clear()
+
+
+def tell_result(study, item: _InFlight, result, view):
+    """Tell one finished job; returns ``(stored trial, Outcome.files)``."""
+    from presso.search._jobs import Failed, Lost
+
+    trial = item.trial
+    if isinstance(result, Lost):
+        # The worker died (host out of memory, node lost, killed): not the plan's own failure
+        # unless it keeps happening to the same plan.
+        lost = int(trial.user_attrs.get("lost_retries", 0))
+        if lost + 1 >= MAX_LOST_RETRIES:
+            return tell_failure(study, trial, f"{result.reason} ({lost + 1} times for this plan)", item.started), {}
+        tell_retry(study, trial, "lost", result.reason + "; it is retried", {"lost_retries": lost + 1})
+        return study._storage.get_trial(trial._trial_id), {}
+    if isinstance(result, Failed):
+        return tell_failure(study, trial, result.reason, item.started), {}
+    if getattr(result, "fidelity", "full") == "low":
+        return tell_low_fidelity(study, trial, result, getattr(item.promoter, "decision", {}), item.started), {}
+    if getattr(result, "low_values", None) is not None:
+        trial.set_user_attr("low_values", result.low_values)
+    frozen = tell_outcome(study, trial, result, view.objective_specs, view.constraints, item.started)
+    return frozen, getattr(result, "files", {})
+
+
+def _warm_start(study, config: StudyConfig, view, executor) -> None:
+    """Seed a new study (see :mod:`presso.search._warmstart`): an earlier study's front, then
+    sensitivity-guided plans, then a few spread-out uniform plans, as ``config.warm_start``
+    says (the ``uniform`` sampler walks every uniform plan). The driver maps the earlier front
+    and picks the uniform plans from its view; the sensitivity probes need the model, so they
+    run as a job on the executor. What was enqueued is kept in the study's ``warm_start``
+    user attribute; notes (plans mapped or skipped) are printed."""
+    from dataclasses import replace
+
+    from presso.search._jobs import SeedJob, run_job
+    from presso.search._warmstart import WarmStartReport
+
+    warm = config.warm_start
+    if warm.sensitivity and config.sampler != "uniform":
+        parts = [run_job(view, SeedJob(replace(warm, sensitivity=False, uniform=False), config.storage)),
+                 executor.run(SeedJob(replace(warm, from_study=None, uniform=False))),
+                 run_job(view, SeedJob(replace(warm, from_study=None, sensitivity=False)))]
+    else:
+        parts = [run_job(view, SeedJob(warm, config.storage))]
+    report, seen = WarmStartReport(), set()
+    for part in parts:
+        for params, attrs in part.entries:
+            signature = tuple(sorted(params.items()))
+            if signature in seen:
+                continue
+            seen.add(signature)
+            study.enqueue_trial(params, user_attrs=attrs)
+            report.counts[attrs["seeded"]] = report.counts.get(attrs["seeded"], 0) + 1
+        report.notes += part.report.notes
+        report.sensitivity.update(part.report.sensitivity)
+        report.seconds.update(part.report.seconds)
+    study.set_user_attr("warm_start", report.to_dict())
+    for note in report.notes:
+        print(note)
 
 
 def summarize(name: str, study, ran_here: int, interrupted: bool) -> RunSummary:
@@ -321,33 +451,6 @@ def _interrupts_deferred():
             signal.raise_signal(pending[0])  # now handled as it would have been
 
 
-def _run_trial(study, storage, trial, evaluator, config: StudyConfig):
-    """Run one trial and tell the store; an error fails this trial alone, an interrupt marks it
-    for a retry and propagates. Returns the stored trial and its ``Outcome.files``."""
-    started = time.perf_counter()
-    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
-    try:
-        with heartbeat(storage, trial._trial_id, config.heartbeat_s):
-            # The plan itself is not stored: the params and the study attribute rebuild it.
-            plan = suggest(trial, evaluator.bound, model=config.model)
-            promoter = _promoter(study, trial, evaluator, config)
-            outcome = evaluator.evaluate(plan, promote=promoter) if promoter else evaluator.evaluate(plan)
-    except KeyboardInterrupt:
-        tell_retry(study, trial, "interrupted", "the run was stopped during this trial; it is retried on resume")
-        raise
-    except Exception as exc:  # noqa: BLE001 - any error fails this trial alone; the study goes on
-        reason = failure_reason(exc)
-        del exc  # its traceback holds the failed trial's tensors
-        _release_memory()
-        return tell_failure(study, trial, reason, started), {}
-    if getattr(outcome, "fidelity", "full") == "low":
-        return tell_low_fidelity(study, trial, outcome, getattr(promoter, "decision", {}), started), {}
-    if getattr(outcome, "low_values", None) is not None:
-        trial.set_user_attr("low_values", outcome.low_values)
-    frozen = tell_outcome(study, trial, outcome, evaluator.objective_specs, evaluator.constraints, started)
-    return frozen, getattr(outcome, "files", {})
-
-
 def _promoter(study, trial, evaluator, config: StudyConfig):
     """The multi-fidelity rule for this trial, or None when multi-fidelity is off. Seeded
     (warm-start) plans are always promoted; they still get a low-fidelity look, so they anchor
@@ -376,23 +479,6 @@ def tell_low_fidelity(study, trial, outcome, decision: dict, started: float):
     trial.set_user_attr("timings", timings)
     study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     return study._storage.get_trial(trial._trial_id)
-
-
-def _release_memory() -> None:
-    """After a failed trial (say, out of memory) give its tensors back before the next one."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def failure_reason(exc: BaseException) -> str:
-    """One line (at most 500 characters) saying why a trial failed."""
-    reason = str(exc) if isinstance(exc, PressoError) else f"{type(exc).__name__}: {exc}"
-    return " ".join(reason.split())[:500] or type(exc).__name__
 
 
 def tell_failure(study, trial, reason: str, started: float):

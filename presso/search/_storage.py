@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 from presso.errors import PressoError
@@ -129,25 +128,40 @@ def _serialize_sqlite_transactions(engine) -> None:
     engine.dispose()  # connections opened while creating the tables predate the hooks
 
 
-@contextmanager
-def heartbeat(storage, trial_id: int, interval_s: float):
-    """Record a heartbeat for ``trial_id`` every ``interval_s`` seconds while the block runs
-    (Optuna does this inside ``study.optimize``; Presso drives ask/tell itself)."""
-    stop = threading.Event()
+class Heartbeats:
+    """One thread that records a heartbeat for every trial in flight, whatever runs it
+    (Optuna does this inside ``study.optimize``; Presso drives ask/tell itself). A killed
+    driver stops beating, so its trials go stale after ``grace_s`` and are retried."""
 
-    def beat():
-        while True:
-            try:
-                storage.record_heartbeat(trial_id)
-            except Exception:  # noqa: BLE001 - a missed beat must not kill the trial
-                pass
-            if stop.wait(interval_s):
-                return
+    def __init__(self, storage, interval_s: float):
+        self.storage, self.interval_s = storage, interval_s
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="presso-heartbeats", daemon=True)
 
-    thread = threading.Thread(target=beat, name=f"presso-heartbeat-{trial_id}", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+    def _run(self):
+        while not self.stop.wait(self.interval_s):
+            with self.lock:
+                ids = list(self.ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # noqa: BLE001 - a missed beat must not stop the study
+                    pass
+
+    def add(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self.lock:
+            self.ids.discard(trial_id)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()

@@ -1,13 +1,9 @@
-"""The Ray backend: trials on Ray actors, records in the study's SQL store."""
+"""The Ray executor: trials on Ray actors, records in the study's SQL store. Its fault and
+resume guarantees are in test_executor_conformance.py, with the other executors'."""
 
 import json
-import os
-import textwrap
 
 import pytest
-
-from presso.errors import PressoError
-from tests.plugin_package import install
 
 # group_size 48 does not divide the tiny model's widths (64, 128): such plans fail on the
 # workers, and must fail alone, recorded like any failed trial.
@@ -64,9 +60,13 @@ def test_a_study_on_a_local_ray_cluster(workdir, capsys):
             ends.append(status)
 
     summary = run_study_ray(config, observers=[Follower()], progress=False)
-    assert "sensitivity-guided warm-start plans need the model" in capsys.readouterr().out
+    capsys.readouterr()
     assert not ray.is_initialized(), "the local cluster this run started must be shut down"
-    rows = trial_rows(load_existing_study("on-ray", url))
+    study = load_existing_study("on-ray", url)
+    rows = trial_rows(study)
+    # Sensitivity probes need the model: they ran as a job on an actor.
+    warm = study.user_attrs["warm_start"]
+    assert "sensitivity" in warm["seconds"], warm
     counted = [r for r in rows if r.counted]
     assert summary.counted == len(counted) == 10 and not summary.interrupted
     assert not {r.state for r in rows} & {"RUNNING", "WAITING"}
@@ -90,106 +90,3 @@ def test_a_study_on_a_local_ray_cluster(workdir, capsys):
     assert main(["export", "--study", "on-ray", "--storage", url, "--pick", "min size_fraction", "-o", "p.yaml"]) == 0
     assert main(["status", "--study", "on-ray", "--storage", url]) == 0
     assert "complete" in capsys.readouterr().out
-
-
-KILLER = textwrap.dedent('''
-    """A test objective that kills its own Ray actor (SIGKILL, as the host's OOM killer would)."""
-    import os
-    import signal
-    from pathlib import Path
-
-    from presso.objectives import BaseObjective, Direction, register_objective
-
-    FAULT_DIR = Path(os.environ["PRESSO_FAULT_DIR"])
-
-
-    @register_objective
-    class KillerSize(BaseObjective):
-        """size_fraction, after killing this process: in the study's first two trials, or always
-        while the file ``always`` exists."""
-        name = "killer_size"
-        direction = Direction.MINIMIZE
-        unit = "fraction"
-        needs_model = False
-
-        def compute(self, model, ctx, trial):
-            deaths = len(list(FAULT_DIR.glob("died-*")))
-            if (FAULT_DIR / "always").exists() or deaths < 2:
-                (FAULT_DIR / f"died-{deaths}").touch()
-                os.kill(os.getpid(), signal.SIGKILL)
-            return trial.size_bytes / trial.dense_bytes
-''')
-
-
-@pytest.mark.slow
-def test_a_killed_ray_actor_loses_its_trial_for_a_retry_then_fails_the_plan(workdir, monkeypatch):
-    """A real actor dies mid-trial (SIGKILL): the trial costs no budget and runs again on a fresh
-    actor; a plan that kills its actor MAX_LOST_RETRIES times fails, counted, and the study ends."""
-    import sys
-
-    import ray
-
-    from presso.objectives import unregister_objective
-    from presso.search import load_existing_study, study_from_dict, trial_rows
-    from presso.search.ray_backend import MAX_LOST_RETRIES, run_study_ray
-
-    plugins, faults = workdir / "plugins", workdir / "faults"
-    faults.mkdir()
-    install(plugins, "presso_killer_plugin", {"objectives": KILLER}, "[presso.objectives]\nkiller = presso_killer_plugin.objectives\n")
-    # The actors find the plugin through its entry point (Ray's processes inherit this environment);
-    # this process imports it, since its plugin scan may have run before the package existed.
-    monkeypatch.setenv("PRESSO_FAULT_DIR", str(faults))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugins), os.environ.get("PYTHONPATH")])))
-    monkeypatch.syspath_prepend(str(plugins))
-    import presso_killer_plugin.objectives  # noqa: F401 - registers killer_size here
-
-    url = f"sqlite:///{workdir}/studies.db"
-    study = {**STUDY, "storage": url, "max_concurrent": 1, "warm_start": False,
-             "space": {**SPACE, "groups": [{**SPACE["groups"][0], "group_size": [32]}]},
-             "objectives": ["ppl_ratio", "killer_size"]}
-    try:
-        once = run_study_ray(study_from_dict({**study, "name": "once", "trials": 2}, base_dir=str(workdir)), progress=False)
-        (faults / "always").touch()
-        always = run_study_ray(study_from_dict({**study, "name": "always", "trials": 1}, base_dir=str(workdir)),
-                               progress=False)
-    finally:
-        unregister_objective("killer_size")
-        for module in ("presso_killer_plugin.objectives", "presso_killer_plugin"):
-            sys.modules.pop(module, None)
-    assert not ray.is_initialized()
-
-    rows = trial_rows(load_existing_study("once", url))
-    lost = [r for r in rows if not r.counted]
-    assert once.counted == once.complete == 2 and len(lost) == 2, [(r.state, r.failure) for r in rows]
-    assert all(r.state == "FAIL" and "the Ray worker died" in r.user_attrs["lost"] for r in lost)
-    for row in lost:  # each lost trial's plan ran again
-        assert any(r.user_attrs.get("retry_of") == row.number for r in rows)
-
-    rows = trial_rows(load_existing_study("always", url))
-    counted = [r for r in rows if r.counted]
-    assert always.counted == always.failed == 1 and len(rows) == MAX_LOST_RETRIES
-    assert f"{MAX_LOST_RETRIES} times for this plan" in counted[0].failure
-
-
-def test_the_actors_get_the_space_inline_and_no_store_url(workdir):
-    from presso.search import study_from_dict
-    from presso.search.ray_backend import _actor_study
-
-    config = study_from_dict({**STUDY, "name": "x", "storage": "postgresql+psycopg://u:secret@db/optuna"},
-                             base_dir=str(workdir))
-    data, base_dir = _actor_study(config, {"inline": True})
-    assert data["space"] == {"inline": True} and "secret" not in json.dumps(data)
-    assert data["tracking_uri"] is None and base_dir == str(workdir)
-
-
-def test_multi_fidelity_is_refused_on_ray_before_a_cluster_starts(workdir):
-    import ray
-
-    from presso.search import study_from_dict
-    from presso.search.ray_backend import run_study_ray
-
-    config = study_from_dict({**STUDY, "name": "mf", "storage": f"sqlite:///{workdir}/s.db",
-                              "fidelity": {"enabled": True}}, base_dir=str(workdir))
-    with pytest.raises(PressoError, match="multi-fidelity"):
-        run_study_ray(config, progress=False)
-    assert not ray.is_initialized()

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 
 from presso.errors import PressoError
+from tests.search.test_executor_conformance import Follower as Recorder  # sees each stored trial once
 
 POSTGRES = os.environ.get("PRESSO_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -41,22 +42,6 @@ def _postgres_or_skip() -> str:
 def workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     return tmp_path
-
-
-class Recorder:
-    """An observer like the MLflow tracker: it must see every stored trial exactly once."""
-
-    def __init__(self):
-        self.calls = []
-
-    def on_run_start(self, study, config):
-        self.calls.append(("start", None))
-
-    def on_trial_end(self, study, trial):
-        self.calls.append(("trial", trial.number))
-
-    def on_run_end(self, study, status):
-        self.calls.append(("end", status))
 
 
 def _delete(name, url):
@@ -130,24 +115,3 @@ def test_workers_resume_a_study_started_in_one_process(workdir):
     summary = run_study_workers(config.with_overrides(workers=2), progress=False)
     rows = trial_rows(load_existing_study("mixed", url))
     assert summary.counted == sum(r.counted for r in rows) == 8 and summary.ran_here == 5
-
-
-def test_workers_hand_their_files_to_the_parent_once(tmp_path):
-    """A worker leaves ``on_files`` output (classification reports) in a folder; the parent hands
-    each trial's files on once and the invocation's once, however many workers wrote it."""
-    from presso.search.workers import _deliver_files, _FileDrop
-
-    drop = _FileDrop(tmp_path)
-    for _ in range(2):  # every worker prepares the same dense model
-        drop.on_files(None, None, {"uncompressed/r.txt": "dense"})
-    drop.on_files(None, 3, {"r.txt": "trial 3"})
-    got = []
-
-    def notify(hook, study, number, files):
-        got.append((hook, number, files))
-
-    assert _deliver_files(tmp_path, None, notify, False) is True
-    drop.on_files(None, 4, {"r.txt": "trial 4"})
-    assert _deliver_files(tmp_path, None, notify, True) is True
-    assert got == [("on_files", None, {"uncompressed/r.txt": "dense"}), ("on_files", 3, {"r.txt": "trial 3"}),
-                   ("on_files", 4, {"r.txt": "trial 4"})]
