@@ -287,7 +287,7 @@ def stock_recipes(evaluator: Evaluator, rescorer: Rescorer, work: Path, threads:
             plan = stock_plan(stock, dense_model)
             recipes.append(rescorer.score_plan(f"{ftype} + imatrix", plan))
         except PressoError as exc:  # a ggml type Presso does not write (IQ4_XS)
-            notes.append(f"{ftype} + imatrix: not made ({str(exc).splitlines()[0][:120]})")
+            notes.append(f"{ftype} + imatrix: not made ({str(exc).split('; allowed')[0]})")
         stock.unlink()
         print(f"  stock {ftype}: {recipes[-1].bytes:,} bytes", flush=True)
     f32.unlink()
