@@ -59,10 +59,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from presso.errors import PressoError  # noqa: E402
-from presso.objectives import TrialContext, hypervolume, measure_all, prepare_all  # noqa: E402
+from presso.objectives import hypervolume  # noqa: E402
 from presso.plan import Plan, plan_from_dict, plan_to_dict  # noqa: E402
-from presso.search import EvalConfig, Evaluator, StudyConfig, load_existing_study, pareto_rows, run_study  # noqa: E402
-from presso.search._evaluator import Outcome, TextData, _eval_context, _objectives_for  # noqa: E402
+from presso.search import (  # noqa: E402
+    EvalConfig,
+    Evaluator,
+    Outcome,
+    RuntimeScorer,
+    StudyConfig,
+    load_existing_study,
+    pareto_rows,
+    run_study,
+)
 from presso.search._records import trial_rows  # noqa: E402
 from presso.targets import get_target  # noqa: E402
 from targets import llama_quantize, stock_plan  # noqa: E402  (one stock-recipe maker for the benchmarks)
@@ -109,7 +117,7 @@ class CachingEvaluator:
 
     def __init__(self, inner: Evaluator):
         self.inner = inner
-        self.cache: dict[str, tuple[Outcome, float]] = {}
+        self.cache: dict[tuple[str, str], tuple[Outcome, float]] = {}
         self.charged = 0.0  # seconds charged to the current arm
         self.measured = 0.0  # seconds really spent measuring (all arms)
         self.hits = 0
@@ -118,14 +126,16 @@ class CachingEvaluator:
         return getattr(self.inner, name)
 
     def evaluate(self, plan, number=None, *, promote=None, fidelity="full") -> Outcome:
-        if promote is not None or fidelity != "full":
+        # The warm start's sensitivity probes measure at low fidelity; trials (no multi-fidelity
+        # in the default search) at full fidelity.
+        if promote is not None:
             raise ValueError("search_quality runs without multi-fidelity (the default search)")
-        key = json.dumps(plan_to_dict(plan), sort_keys=True)
+        key = (fidelity, json.dumps(plan_to_dict(plan), sort_keys=True))
         if key in self.cache:
             self.hits += 1
         else:
             started = time.perf_counter()
-            out = self.inner.evaluate(plan, number)
+            out = self.inner.evaluate(plan, number, fidelity=fidelity)
             self.cache[key] = (out, time.perf_counter() - started)
             self.measured += self.cache[key][1]
         out, cost = self.cache[key]
@@ -134,8 +144,8 @@ class CachingEvaluator:
 
 
 class HeldoutScorer:
-    """The study's quality objective on one held-out slice, for files llama.cpp loads; the dense
-    model's references on that slice are computed once."""
+    """The study's quality objective on one held-out slice (a :class:`RuntimeScorer`: the dense
+    model's references on the slice computed once)."""
 
     def __init__(self, evaluator: Evaluator, setup: ModelSetup, name: str, source: str, windows: int, width: int,
                  work: Path):
@@ -150,22 +160,17 @@ class HeldoutScorer:
         # Nearly every document of the slice is evaluation text (the rest would be calibration,
         # which nothing here uses).
         config = EvalConfig(text=source, eval_fraction=0.95, sequences=windows, seq_len=width)
-        loaded = evaluator.loaded
-        self.text = TextData(loaded.tokenizer, config)
-        self.objectives = _objectives_for([setup.quality], loaded.task)
-        self.context = _eval_context(loaded, self.text, "cpu", config)
-        prepare_all(self.objectives, self.context)
+        self.scorer = RuntimeScorer(evaluator.loaded, [setup.quality], config)
         self.quality = setup.quality
-        self.dense_bytes = evaluator.target.dense_bytes(loaded.model)
+        self.dense_bytes = evaluator.target.dense_bytes(evaluator.loaded.model)
         self.tokens = windows * width
 
     def score_gguf(self, path: Path, threads: int) -> float:
-        runtime = get_target("gguf").load(path, n_ctx=int(self.context.input_ids.shape[1]), n_threads=threads)
-        return self.score(runtime, path.stat().st_size)
+        runtime, size = self.scorer.load(get_target("gguf"), path, n_threads=threads)
+        return self.score(runtime, size)
 
     def score(self, model, size_bytes: int) -> float:
-        trial = TrialContext(size_bytes=size_bytes, dense_bytes=self.dense_bytes)
-        return float(measure_all(self.objectives, model, self.context, trial)[self.quality])
+        return self.scorer.score(model, size_bytes, self.dense_bytes)[self.quality]
 
 
 @dataclass

@@ -19,6 +19,7 @@ from presso.search._driver import RunSummary, open_study, run_study
 from presso.search._evaluator import (
     Evaluator,
     Outcome,
+    RuntimeScorer,
     apply_plan,
     evaluate_saved,
     evaluate_saved_report,
@@ -43,6 +44,7 @@ __all__ = [
     "Outcome",
     "ResourcesConfig",
     "RunSummary",
+    "RuntimeScorer",
     "StudyConfig",
     "StudyIndex",
     "StudyObserver",

@@ -586,11 +586,43 @@ def _runtime_target(path: Path) -> str | None:
     return None
 
 
+class RuntimeScorer:
+    """A study's objectives on one evaluation text, for models a target's runtime loaded
+    (llama.cpp for GGUF, transformers for compressed-tensors) or compressed in torch. The dense
+    model's references on that text are computed once, so many files can be scored.
+
+    Args:
+        dense: the loaded dense model (:func:`presso.models.load_model`).
+        objectives: objective names.
+        eval_config: the evaluation text (a held-out one, say).
+        config: the study, to resolve a labelled set's path against its file.
+    """
+
+    def __init__(self, dense, objectives, eval_config: EvalConfig, config: StudyConfig | None = None):
+        from presso.objectives import prepare_all
+
+        self.dense = dense
+        self.objectives = _objectives_for(objectives, dense.task)
+        self.context = _eval_context(dense, TextData(dense.tokenizer, eval_config), "cpu", eval_config, config=config)
+        prepare_all(self.objectives, self.context)
+
+    def load(self, target, path: Path, **kwargs):
+        """``path`` loaded by ``target``'s runtime, sized for this text; and its weight bytes."""
+        if target.name == "gguf":
+            return target.load(path, n_ctx=max(int(self.context.input_ids.shape[1]), 8), **kwargs), path.stat().st_size
+        return target.load(path, **kwargs).eval(), (path / "model.safetensors").stat().st_size
+
+    def score(self, model, size_bytes: int, dense_bytes: int) -> dict[str, float]:
+        from presso.objectives import TrialContext, measure_all
+
+        trial = TrialContext(size_bytes=size_bytes, dense_bytes=dense_bytes)
+        return {k: float(v) for k, v in measure_all(self.objectives, model, self.context, trial).items()}
+
+
 def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | None):
     """Score a target's file loaded by its runtime (llama.cpp for GGUF, transformers for
     compressed-tensors) on the study's evaluation text, with the same objectives as a trial."""
     from presso.models import load_model
-    from presso.objectives import TrialContext, measure_all, prepare_all
     from presso.targets import get_target, size_line
 
     if config is None:
@@ -598,17 +630,9 @@ def _evaluate_in_runtime(path: Path, target_name: str, config: StudyConfig | Non
                           "(it names the dense model and the evaluation text)")
     target = get_target(target_name)
     dense = load_model(config.model, device="cpu")
-    objectives = _objectives_for(config.objectives, dense.task)
-    text = TextData(dense.tokenizer, config.eval)
-    context = _eval_context(dense, text, "cpu", config.eval, config=config)
-    prepare_all(objectives, context)
-    if target_name == "gguf":
-        runtime = target.load(path, n_ctx=max(int(context.input_ids.shape[1]), 8))
-        size = path.stat().st_size
-    else:
-        runtime = target.load(path).eval()
-        size = (path / "model.safetensors").stat().st_size
-    trial = TrialContext(size_bytes=size, dense_bytes=target.dense_bytes(dense.model))
-    values = measure_all(objectives, runtime, context, trial)
-    line = size_line(trial.size_bytes, trial.dense_bytes, size_terms_for(target, dense.model))
-    return {k: float(v) for k, v in values.items()}, runtime, context, line
+    scorer = RuntimeScorer(dense, config.objectives, config.eval, config=config)
+    runtime, size = scorer.load(target, path)
+    dense_bytes = target.dense_bytes(dense.model)
+    values = scorer.score(runtime, size, dense_bytes)
+    line = size_line(size, dense_bytes, size_terms_for(target, dense.model))
+    return values, runtime, scorer.context, line

@@ -17,7 +17,7 @@ import os
 import queue
 import socket
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from presso.errors import PressoError
 
@@ -95,8 +95,6 @@ def run_job(evaluator, job, promote=None):
     if isinstance(job, SeedJob):
         from presso.search._warmstart import enqueue_warm_start
 
-        from dataclasses import replace
-
         recorder = PlanRecorder()
         report = enqueue_warm_start(recorder, replace(evaluator.config, warm_start=job.warm_start), evaluator,
                                     job.storage)
@@ -161,8 +159,6 @@ def worker_study(config) -> tuple[dict, str, dict]:
     """The study as a worker gets it: the space inline (no file needed on the workers), a local
     model folder made absolute, and no store or tracking URL (no secrets on a cluster).
     Returns ``(study dict, base_dir, space dict)``."""
-    from dataclasses import replace
-
     from presso.spaces import load_space
 
     space = load_space(config.space if isinstance(config.space, dict) else config.resolve_path(str(config.space)))
