@@ -17,8 +17,8 @@ See ``presso/compress/README.md`` for the techniques and the on-disk format.
 from presso.compress._calibration import CalibrationStats, TeacherCache, collect_calibration
 from presso.compress._kl import KL_TAIL_LOG_FLOOR, gather_with_tail, topk_kl, topk_with_tail
 from presso.compress._compress import CompressedModule, CompressionResult, compress_, mark_dense, validate_plan
-from presso.compress._estimate import (WeightErrors, adapter_free_nbytes, fixed_nbytes, stored_weight_bytes,
-                                       weighted_errors)
+from presso.compress._estimate import (WeightErrors, adapter_free_nbytes, fixed_nbytes, format_errors,
+                                       stored_weight_bytes, weighted_errors)
 from presso.compress._formats import FormatCache, block_size, fits, ggml_lib_dir, row_nbytes
 from presso.compress._kernels import kernel_view
 from presso.compress._modules import compressible_modules, embedding_modules, target_modules
@@ -52,6 +52,7 @@ __all__ = [
     "embedding_modules",
     "fits",
     "fixed_nbytes",
+    "format_errors",
     "gather_with_tail",
     "ggml_lib_dir",
     "kernel_view",

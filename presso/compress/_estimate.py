@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from presso.errors import PressoError
 from presso.compress._calibration import CalibrationStats
+from presso.compress._formats import row_nbytes
 from presso.compress._compress import CompressedModule
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._size import module_specs, unique_state
@@ -27,6 +29,8 @@ def stored_weight_bytes(config: LayerConfig, shape: tuple[int, int], dtype: torc
                             torch.float32, PruneCriterion.WANDA)
     """
     out_f, in_f = shape
+    if config.quant.format is not None:  # ggml stores whole rows of blocks; pruned zeros save nothing
+        return out_f * row_nbytes(config.quant.format, in_f)
     numel = out_f * in_f
     kept, mask = numel, None
     if config.sparsity.active:
@@ -66,7 +70,8 @@ def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[Spa
                     quants: list[QuantConfig], criterion: PruneCriterion) -> WeightErrors:
     """The Wanda/OBS proxy of the output error each sparsity and each quant config would cause in
     ``modules`` (``{name: module}``), pruned as :func:`compress_` prunes and quantized by the
-    registered quantizer of each config's method (with the layer statistics it would get).
+    registered quantizer of each config's method (with the layer statistics it would get), or
+    by ggml for a config with a ``format`` (see :func:`format_errors`).
 
     A module without input statistics (an embedding table) weights its columns equally.
     """
@@ -74,12 +79,19 @@ def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[Spa
     quant_err = [0.0] * len(quants)
     dense = 0.0
     wanda = criterion is PruneCriterion.WANDA
+    formats = [(i, q) for i, q in enumerate(quants) if q.format is not None]
     for name, module in modules.items():
         w = module.weight.detach().to(torch.float32)
         norms = stats.sq_norms[name].to(w.device, torch.float32).unsqueeze(0) if name in stats.sq_norms \
             else torch.ones(1, w.shape[1], device=w.device)
         w2n = w.pow(2).mul_(norms)
-        dense += float(w2n.sum())
+        if formats:  # the reference in the formats' own measure (the warm start scales each technique apart)
+            module_dense, errors = format_errors(name, module.weight, stats, [q for _, q in formats])
+            for (i, _), err in zip(formats, errors):
+                quant_err[i] += err
+            dense += module_dense
+        else:
+            dense += float(w2n.sum())
         for i, sp in enumerate(sparsities):
             if not sp.active:
                 continue
@@ -90,12 +102,64 @@ def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[Spa
                 keep = prune_mask(w, sp.amount, sp.n_m, stats.sq_norms[name] if wanda else None)
             prune_err[i] += float(w2n[~keep].sum())
         for i, q in enumerate(quants):
-            if not q.active or (q.group_size and w.shape[1] % q.group_size):
+            if not q.active or q.format is not None or (q.group_size and w.shape[1] % q.group_size):
                 continue
             layer = stats.layer_stats(name) if name in stats.sq_norms else None  # what compress_ hands the handler
             diff = get_quantizer(q.method).quantize(w, q, layer).dequantize().sub_(w)
             quant_err[i] += float(diff.pow_(2).mul_(norms).sum())
     return WeightErrors(prune=prune_err, quant=quant_err, dense=dense)
+
+
+SAMPLED_ROWS = 256
+"""Rows of a weight :func:`format_errors` quantizes: ggml quantizes rows independently (and GPTQ,
+given the layer's Hessian, too), so an even sample of rows estimates the whole weight's error
+without quantizing a 49,152-row embedding table six times."""
+
+
+@torch.no_grad()
+def format_errors(name: str, weight: torch.Tensor, stats: CalibrationStats,
+                  quants: list[QuantConfig]) -> tuple[float, list[float]]:
+    """``(dense, [error per config])`` of one weight stored in ggml formats, quantized as
+    :func:`compress_` does (ggml with the importance matrix, then GPTQ inside the blocks for
+    ``method: gptq``) on :data:`SAMPLED_ROWS` evenly spaced rows and scaled to all rows.
+
+    With the layer's input Hessian ``H = X^T X`` the error is the output error
+    ``sum_r dW_r H dW_r^T`` and ``dense`` is ``sum_r W_r H W_r^T``; the diagonal proxy
+    ``sum dW^2 ||X_j||^2`` would credit GPTQ nothing, since GPTQ trades a larger weight error
+    for correlated errors that cancel in the output. Without a Hessian, the diagonal proxy
+    (columns weighted equally when the module has no input statistics: an embedding table).
+    """
+    from presso.compress._formats import dequantize_rows, quantize_rows
+    from presso.compress._ggml_gptq import gptq_blocks
+    from presso.compress.quantizers import get_quantizer
+
+    out_f, in_f = weight.shape
+    rows = torch.linspace(0, out_f - 1, min(out_f, SAMPLED_ROWS)).round().long().unique()
+    w = weight.detach()[rows].to(torch.float32)
+    scale = out_f / len(rows)
+    hessian = stats.hessians.get(name) if stats.hessians is not None else None
+    sq_norms = stats.sq_norms.get(name)
+    importance = sq_norms / max(stats.n_tokens, 1) if sq_norms is not None else None
+    if hessian is not None:
+        hessian = hessian.to(w.device, torch.float32)
+
+        def measure(delta):
+            return float(((delta @ hessian) * delta).sum()) * scale
+    else:
+        norms = sq_norms.to(w.device, torch.float32) if sq_norms is not None else torch.ones(in_f, device=w.device)
+
+        def measure(delta):
+            return float(delta.pow(2).mul_(norms).sum()) * scale
+
+    errors = []
+    for q in quants:
+        packed = quantize_rows(w, q.format, importance)
+        if q.method == "gptq":
+            if hessian is None:
+                raise PressoError(f"quant.method: 'gptq' for {name!r} needs the layer's input Hessian; none was collected")
+            packed = gptq_blocks(w, packed, q.format, hessian, act_order=get_quantizer("gptq").act_order)
+        errors.append(measure(dequantize_rows(packed, q.format) - w))
+    return measure(w), errors
 
 
 def adapter_free_nbytes(model) -> int:

@@ -68,7 +68,8 @@ def allocate_near_uniform(bound, per_unit, damages, count: int):
     chosen = [kept[round(i * (len(kept) - 1) / max(count - 1, 1))] for i in range(min(count, len(kept)))]
     candidates = []
     for size, _, combo, picks in chosen:
-        label = ", ".join(f"{k}={v}" for k, v in combo.items() if k in ("sparsity", "bits", "group_size"))
+        keys = ("format", "method") if combo.get("format") else ("sparsity", "bits", "group_size")
+        label = ", ".join(f"{k}={v}" for k, v in combo.items() if k in keys)
         allowed = [[abs(c.size - ch[i].size) <= _NEAR * ch[i].size for c in ch] for ch, i in zip(per_unit, picks)]
         masked = [[d if ok else float("inf") for d, ok in zip(dmg, ok_row)] for dmg, ok_row in zip(damages, allowed)]
         candidates.append((size, f"uniform {label}", least_damage(per_unit, masked, size)))

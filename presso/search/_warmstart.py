@@ -13,6 +13,8 @@ Sources, in the order they are enqueued (duplicates are enqueued once):
    * each unit-choice's relative weight damage comes from the weights alone: the
      activation-weighted squared error ``sum_ij (W - W_hat)_ij^2 * ||X_j||^2`` (the Wanda/OBS
      proxy of the output error) over its dense value, kept apart for pruning and quantization;
+     in a space of ggml formats, the error of ggml's own blocks (GPTQ inside them where the
+     choice says so) through the layer's input Hessian, ``sum_r dW_r H dW_r^T``;
    * each unit's sensitivity is measured once per technique, on the short (low-fidelity) text:
      the quality loss when ONLY that unit is pruned as hard as the space allows, and when only
      that unit is quantized as coarsely as it allows; loss per unit of error gives each unit
@@ -25,7 +27,8 @@ Sources, in the order they are enqueued (duplicates are enqueued once):
      size: sensitive units get gentler choices, robust ones harsher, the recipe's size stays.
      (Unrestricted allocations drifted to extremes the additive model mispredicts.)
 
-3. ``uniform``: a few uniform plans spread over the space (every unit the same choice).
+3. ``uniform``: a few uniform plans (every unit the same choice, or the nearest a group offers)
+   spread evenly over their sizes, the smallest and the largest included.
 
 The ``uniform`` sampler is not warm-started: it walks every uniform plan itself.
 
@@ -103,13 +106,7 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
                                           bound, report.notes):
             enqueue(params, "from_study", attrs)
         report.seconds["from_study"] = time.perf_counter() - started
-    formats = any(f is not None for unit in bound.units for f in unit.group.format.grid())
-    if warm.sensitivity and formats:
-        # The weight-error and size maths below model Presso's own codes (bits/group_size), not
-        # ggml's block formats: a format space is seeded with its uniform plans only.
-        report.notes.append("warm start: no sensitivity-guided plans (the space lists ggml formats; "
-                            "uniform plans seed it)")
-    elif warm.sensitivity:
+    if warm.sensitivity:
         started = time.perf_counter()
         count = min(warm.sensitivity_plans, max(2, config.trials // 5))
         try:
@@ -122,11 +119,31 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
             enqueue(params, "sensitivity", attrs)
         report.seconds["sensitivity"] = time.perf_counter() - started
     if warm.uniform and combos:
-        count = min(len(combos), max(1, config.trials // (3 if formats else 5)))
-        step = len(combos) / count
-        for i in range(count):
-            enqueue(bound.params_for(combos[int(i * step)]), "uniform")
+        for combo in spread_by_size(combos, bound, evaluator, max(1, config.trials // 5)):
+            enqueue(bound.params_for(combo), "uniform")
     return report
+
+
+def spread_by_size(combos, bound, evaluator, count: int) -> list[dict]:
+    """``count`` of the uniform ``combos`` evenly spread over their stored sizes, the smallest and
+    the largest that compresses anything included: the corners of the front, which later
+    mutations cannot reach quickly (the uncompressed plan is no seed: the dense model's point)."""
+    from presso.compress import stored_weight_bytes, target_modules
+
+    modules = target_modules(evaluator.loaded.model)
+    sizes = {}
+    for i, combo in enumerate(combos):
+        params = bound.params_for(combo)
+        plan = bound.sample(lambda name, domain, params=params: params[name])
+        if any(cfg.sparsity.active or cfg.quant.active for cfg in plan.layers.values()):
+            sizes[i] = sum(stored_weight_bytes(cfg, tuple(modules[m].weight.shape), modules[m].weight.dtype,
+                                               plan.criterion) for m, cfg in plan.layers.items() if m in modules)
+    ordered = [combos[i] for i in sorted(sizes, key=sizes.get)]
+    if count >= len(ordered):
+        return ordered
+    if count == 1:
+        return [ordered[len(ordered) // 2]]
+    return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)]
 
 
 # -- from an earlier study --------------------------------------------------------------------
@@ -197,9 +214,19 @@ def _probes(choices) -> dict[str, UnitChoice | None]:
         sp = max(pruned, key=lambda x: x.amount)
         out["prune"] = UnitChoice({}, LayerConfig(sparsity=SparsityConfig(amount=sp.amount, structure=sp.structure)))
     if quantized:
-        q = min(quantized, key=lambda x: (x.bits, -(x.group_size or 1 << 30)))
+        q = min(quantized, key=_coarseness)
         out["quant"] = UnitChoice({}, LayerConfig(quant=q))
     return out
+
+
+def _coarseness(q) -> tuple:
+    """Sort key: the fewest bits per weight first (a ggml format by its stored bits), then the
+    largest group; round to nearest before the other methods (the probe measures the format)."""
+    from presso.plan import FORMAT_BITS
+
+    if q.format is not None:
+        return (FORMAT_BITS[q.format], 0, q.method != "rtn")
+    return (q.bits, -(q.group_size or 1 << 30), q.method != "rtn")
 
 
 def _quality_objective(evaluator):
@@ -231,7 +258,11 @@ def sensitivity_plans(evaluator, count: int) -> tuple[list[tuple[dict, dict]], d
     base_plan = bound.space.base_plan({}, model=evaluator.config.model)
     criterion = base_plan.criterion
     modules = target_modules(evaluator.loaded.model)
-    stats = evaluator.assets.calibration(base_plan.calibration_samples, base_plan.calibration_seq_len)
+    # ggml formats' errors are measured through the layers' input Hessians (see format_errors),
+    # which the trials of a format space with GPTQ collect anyway.
+    formats = any(f is not None for unit in bound.units for f in unit.group.format.grid())
+    stats = evaluator.assets.calibration(base_plan.calibration_samples, base_plan.calibration_seq_len,
+                                         hessians=formats)
     units = list(bound.units)
     per_unit = []
     for unit in units:

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from presso.errors import PressoError
+from presso.plan import FORMAT_BITS
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,8 @@ Domain = FloatRange | IntRange | Choice | Fixed
 
 def nearest_value(domain: Domain, wanted):
     """The allowed value of ``domain`` nearest ``wanted``: clamped (and put on the step) for a
-    range, the closest number or else the first value for a list; ``None`` gives the lowest."""
+    range; for a list the closest number, the ggml format closest in bits per weight, or else
+    the first value; ``None`` gives the lowest. Ties go to the smaller value."""
     if isinstance(domain, (FloatRange, IntRange)):
         if wanted is None:
             wanted = domain.low
@@ -90,6 +92,11 @@ def nearest_value(domain: Domain, wanted):
     values = list(domain.values)
     if wanted in values:
         return wanted
+    formats = [v for v in values if v in FORMAT_BITS]
+    if wanted in FORMAT_BITS and formats:
+        # A ggml format moves to the offered one nearest in bits per weight (a uniform "Q2_K"
+        # recipe gives a group without K-quants IQ4_NL, not its largest format).
+        return min(formats, key=lambda v: (abs(FORMAT_BITS[v] - FORMAT_BITS[wanted]), FORMAT_BITS[v]))
     numeric = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
     if isinstance(wanted, (int, float)) and not isinstance(wanted, bool) and numeric:
         return min(numeric, key=lambda v: (abs(v - wanted), v))

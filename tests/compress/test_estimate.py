@@ -1,12 +1,14 @@
 """Estimates without compressing equal what compress_ does: stored bytes exactly, weight errors to
-rounding (the warm start allocates on them)."""
+rounding (the warm start allocates on them), for Presso's codes and ggml's formats."""
 
 import copy
 
 import pytest
+import torch
 
-from presso.compress import (collect_calibration, compress_, dense_nbytes, fixed_nbytes, stored_weight_bytes,
-                             target_modules, weighted_errors)
+from presso.compress import (CalibrationStats, collect_calibration, compress_, dense_nbytes, fixed_nbytes,
+                             format_errors, stored_weight_bytes, target_modules, weighted_errors)
+from presso.compress._formats import dequantize_rows, quantize_rows
 from presso.plan import LayerConfig, Plan, PruneCriterion, QuantConfig, SparsityConfig
 
 MODULES = ("model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj")  # [128, 64] and [64, 128]
@@ -68,3 +70,46 @@ def test_fixed_bytes_are_the_dense_bytes_less_the_chosen_weights(llama):
     weights = sum(m.weight.numel() * m.weight.element_size() for m in modules.values())
     assert fixed_nbytes(llama, modules) == dense_nbytes(llama) - weights
     assert fixed_nbytes(llama, {}) == dense_nbytes(llama)
+
+
+FORMAT_QUANTS = [QuantConfig(format="Q8_0"), QuantConfig(format="Q5_0"), QuantConfig(format="IQ4_NL"),
+                 QuantConfig(format="IQ4_NL", method="gptq")]
+
+
+def test_format_bytes_are_ggml_rows():
+    # ggml rows of blocks, pruned or not: Q8_0 stores 34 bytes per 32 values, IQ4_NL 18
+    assert stored_weight_bytes(LayerConfig(quant=QuantConfig(format="Q8_0")), (128, 64), torch.float32,
+                               PruneCriterion.WANDA) == 128 * 2 * 34
+    pruned = LayerConfig(sparsity=SparsityConfig(0.5), quant=QuantConfig(format="IQ4_NL"))
+    assert stored_weight_bytes(pruned, (128, 64), torch.float32, PruneCriterion.WANDA) == 128 * 2 * 18
+
+
+def test_format_errors_are_the_output_errors_of_the_compressed_weights(llama, ids):
+    """Every row sampled (128 rows <= SAMPLED_ROWS): the estimate is what compress_ leaves,
+    measured through the layer's input Hessian, to rounding; GPTQ lowers that error."""
+    stats = collect_calibration(llama, ids, hessians=True)
+    dense = target_modules(llama)
+    name = "model.layers.0.mlp.up_proj"
+    reference, errors = format_errors(name, dense[name].weight, stats, FORMAT_QUANTS)
+    hessian = stats.hessians[name]
+    w = dense[name].weight.detach()
+    assert reference == pytest.approx(float(((w @ hessian) * w).sum()), rel=1e-5)
+    for q, err in zip(FORMAT_QUANTS, errors):
+        model = copy.deepcopy(llama)
+        compress_(model, Plan(layers={name: LayerConfig(quant=q)}), calibration=stats)
+        delta = target_modules(model)[name].weight.detach() - w
+        assert err == pytest.approx(float(((delta @ hessian) * delta).sum()), rel=1e-4), q
+    assert 0 < errors[0] < errors[1] < errors[2] < reference
+    assert errors[3] < errors[2]  # GPTQ's rounding inside IQ4_NL's blocks
+
+
+def test_format_errors_on_sampled_rows_estimate_the_whole_weight():
+    torch.manual_seed(0)
+    weight = torch.randn(2048, 64)
+    x = torch.randn(512, 64) * torch.linspace(0.2, 3.0, 64)
+    stats = CalibrationStats(sq_norms={"w": x.pow(2).sum(0)}, n_tokens=512, hessians={"w": x.T @ x})
+    _, sampled = format_errors("w", weight, stats, FORMAT_QUANTS[:3])
+    delta = [dequantize_rows(quantize_rows(weight, q.format, stats.sq_norms["w"] / 512), q.format) - weight
+             for q in FORMAT_QUANTS[:3]]
+    full = [float(((d @ stats.hessians["w"]) * d).sum()) for d in delta]
+    assert sampled == pytest.approx(full, rel=0.1)  # 256 of 2,048 rows

@@ -111,8 +111,14 @@ def test_new_study_enqueues_sensitivity_then_uniform_plans(tmp_path):
     run_study(cfg, progress=False)
     study = load_existing_study("ws", cfg.storage)
     info = study.user_attrs["warm_start"]
-    assert info["counts"]["sensitivity"] >= 1 and info["counts"]["uniform"] == 2
+    # two uniform plans (10 // 5): the smallest and the largest compressed one, each enqueued
+    # unless a sensitivity plan is that same plan already
+    assert info["counts"]["sensitivity"] >= 1 and 1 <= info["counts"]["uniform"] <= 2
     assert set(info["sensitivity"]) == {f"all/block{b}/{k}" for b in (0, 1) for k in ("prune", "quant")}
+    smallest = {f"all/block{b}/{k}": v for b in (0, 1) for k, v in (("sparsity", 0.6), ("bits", 4), ("group_size", 32))}
+    largest = {f"all/block{b}/{k}": v for b in (0, 1) for k, v in (("sparsity", 0.2), ("bits", 16))}
+    tried = [study.trials[r.number].params for r in trial_rows(study) if r.user_attrs.get("seeded")]
+    assert smallest in tried and largest in tried
     seeded = [r.user_attrs.get("seeded") for r in trial_rows(study)]
     first_uniform = seeded.index("uniform")
     assert all(s == "sensitivity" for s in seeded[:first_uniform])
@@ -201,3 +207,29 @@ def test_sensitivity_probes_leave_the_dense_model_untouched(evaluator):
         assert attrs["anchor"].startswith(("uniform ", "per-group, at most "))
     after = evaluator.loaded.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.slow
+def test_format_space_gets_sensitivity_guided_plans(tmp_path):
+    """A space of ggml formats (MiniLM in llama.cpp's formats) is seeded like any other: each unit
+    probed at its coarsest format, plans allocated on ggml's own errors; the uniform recipes
+    span the space's smallest corner."""
+    cfg = config(tmp_path, model="builtin:minilm-l6", space="builtin:minilm-l6-gguf", target="gguf", trials=10,
+                 objectives=("embedding_cosine", "size_fraction"), eval=EvalConfig(sequences=8, seq_len=64))
+    run_study(cfg, progress=False)
+    study = load_existing_study("ws", cfg.storage)
+    info = study.user_attrs["warm_start"]
+    assert info["counts"].get("sensitivity", 0) >= 1, info["notes"]
+    units = {u.param("")[:-1] for u in Evaluator(cfg).bound.units}
+    assert set(info["sensitivity"]) == {f"{u}/quant" for u in units}
+    rows = [r for r in trial_rows(study) if r.state == "COMPLETE"]
+    sens = sorted((r for r in rows if r.user_attrs.get("seeded") == "sensitivity"),
+                  key=lambda r: r.user_attrs["predicted_size_fraction"])
+    sizes = [r.values["size_fraction"] for r in sens]
+    assert sizes == sorted(sizes)  # the size model orders the plans as the files do
+    # the smallest uniform recipe (IQ4_NL on the 384-wide rows, Q2_K on the K-quant rows) is a
+    # seed: it is also the least-damage plan of its own size, so it may come as a sensitivity plan
+    smallest = min(rows, key=lambda r: r.values["size_fraction"])
+    assert smallest.user_attrs.get("seeded") in ("uniform", "sensitivity")
+    formats = {v for k, v in study.trials[smallest.number].params.items() if k.endswith("/format")}
+    assert formats == {"IQ4_NL", "Q2_K"}

@@ -67,6 +67,11 @@ def test_unit_choices_are_every_distinct_config_of_the_grid():
     (Choice((4, 8, 16)), 5, 4),
     (Choice((4, 8, 16)), 12, 8),  # a tie goes to the smaller value
     (Choice(("rtn", "gptq")), "imatrix", "rtn"),
+    # ggml formats: the nearest in bits per weight (a tie goes to the smaller), not the first listed
+    (Choice(("Q8_0", "Q5_1", "Q5_0", "Q4_1", "IQ4_NL")), "Q2_K", "IQ4_NL"),
+    (Choice(("Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q3_K", "Q2_K")), "IQ4_NL", "Q4_K"),
+    (Choice(("Q8_0", "Q6_K", "Q5_K", "Q4_K")), "Q4_1", "Q4_K"),
+    (Choice(("F16", "Q8_0")), "Q4_0", "Q8_0"),
 ])
 def test_nearest_value(domain, wanted, expected):
     assert nearest_value(domain, wanted) == expected
