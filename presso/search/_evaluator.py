@@ -261,6 +261,7 @@ class Evaluator:
         self.module_names = list(compressible_modules(self.loaded.model))
         self.embedding_names = list(embedding_modules(self.loaded.model))
         self.bound = self.space.bind(self.module_names, exact_names=self.embedding_names)
+        self.weight_shapes = weight_shapes(self.loaded.model)
         self.target = get_target(config.target)
         self.size_terms = size_terms_for(self.target, self.loaded.model)
         check_space_for_target(self.bound, self.loaded.model, self.target)
@@ -372,6 +373,15 @@ def dtype_label(model) -> str:
     short = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64"}
     kinds = {short.get(p.dtype, str(p.dtype).removeprefix("torch.")) for p in model.parameters() if p.is_floating_point()}
     return "/".join(sorted(kinds)) or "fp32"
+
+
+def weight_shapes(model) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{module: (weight shape, dtype name)}`` of every module a plan may compress: what the
+    driver needs to size plans without the model (it crosses to the driver as plain data)."""
+    from presso.compress import target_modules
+
+    return {name: (tuple(m.weight.shape), str(m.weight.dtype).removeprefix("torch."))
+            for name, m in target_modules(model).items()}
 
 
 def size_terms_for(target, model) -> dict[str, str]:

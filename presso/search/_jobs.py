@@ -124,7 +124,7 @@ def describe(evaluator) -> dict:
     return {"where": where(), "module_names": evaluator.module_names, "embedding_names": evaluator.embedding_names,
             "objective_specs": evaluator.objective_specs, "constraints": evaluator.constraints,
             "device": evaluator.device, "setup_s": evaluator.setup_s, "dense_files": evaluator.dense_files(),
-            "size_terms": evaluator.size_terms}
+            "size_terms": evaluator.size_terms, "weight_shapes": evaluator.weight_shapes}
 
 
 class JobRunner:
@@ -186,6 +186,7 @@ class WorkerView:
         self.objective_specs = list(description["objective_specs"])
         self.constraints = list(description["constraints"])
         self.size_terms = dict(description.get("size_terms") or {})
+        self.weight_shapes = dict(description["weight_shapes"])
         self._dense_files = dict(description.get("dense_files") or {})
 
     def dense_files(self) -> dict[str, str]:

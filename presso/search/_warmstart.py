@@ -128,16 +128,18 @@ def spread_by_size(combos, bound, evaluator, count: int) -> list[dict]:
     """``count`` of the uniform ``combos`` evenly spread over their stored sizes, the smallest and
     the largest that compresses anything included: the corners of the front, which later
     mutations cannot reach quickly (the uncompressed plan is no seed: the dense model's point)."""
-    from presso.compress import stored_weight_bytes, target_modules
+    import torch
 
-    modules = target_modules(evaluator.loaded.model)
+    from presso.compress import stored_weight_bytes
+
+    shapes = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in evaluator.weight_shapes.items()}
     sizes = {}
     for i, combo in enumerate(combos):
         params = bound.params_for(combo)
         plan = bound.sample(lambda name, domain, params=params: params[name])
         if any(cfg.sparsity.active or cfg.quant.active for cfg in plan.layers.values()):
-            sizes[i] = sum(stored_weight_bytes(cfg, tuple(modules[m].weight.shape), modules[m].weight.dtype,
-                                               plan.criterion) for m, cfg in plan.layers.items() if m in modules)
+            sizes[i] = sum(stored_weight_bytes(cfg, *shapes[m], plan.criterion)
+                           for m, cfg in plan.layers.items() if m in shapes)
     ordered = [combos[i] for i in sorted(sizes, key=sizes.get)]
     if count >= len(ordered):
         return ordered
