@@ -8,13 +8,14 @@ from dataclasses import dataclass
 
 import torch
 
-from presso.errors import PressoError
 from presso.compress._calibration import CalibrationStats
-from presso.compress._formats import row_nbytes
 from presso.compress._compress import CompressedModule
+from presso.compress._formats import dequantize_rows, quantize_rows, row_nbytes
+from presso.compress._ggml_gptq import gptq_blocks
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._size import module_specs, unique_state
 from presso.compress.quantizers import get_quantizer
+from presso.errors import PressoError
 from presso.plan import LayerConfig, PruneCriterion, QuantConfig, SparsityConfig
 
 
@@ -129,10 +130,6 @@ def format_errors(name: str, weight: torch.Tensor, stats: CalibrationStats,
     for correlated errors that cancel in the output. Without a Hessian, the diagonal proxy
     (columns weighted equally when the module has no input statistics: an embedding table).
     """
-    from presso.compress._formats import dequantize_rows, quantize_rows
-    from presso.compress._ggml_gptq import gptq_blocks
-    from presso.compress.quantizers import get_quantizer
-
     out_f, in_f = weight.shape
     rows = torch.linspace(0, out_f - 1, min(out_f, SAMPLED_ROWS)).round().long().unique()
     w = weight.detach()[rows].to(torch.float32)
