@@ -21,7 +21,8 @@ unless actors are reused. The actor pool keeps the driver's budget, retry and in
 unchanged and costs one Ray call per trial (two with multi-fidelity).
 
 Resources: each actor reserves ``resources.cpus`` CPUs and ``resources.gpus`` GPUs
-(fractions share a GPU); ``max_concurrent`` actors run at once. ``ray_address`` joins an
+(fractions share a GPU); ``max_concurrent`` actors run at once, or as many as the
+cluster's resources hold where that is fewer. ``ray_address`` joins an
 existing cluster (``auto`` on a cluster node); otherwise a local one is started
 (``RAY_AUTH_MODE=disabled`` unless set) and shut down at the end.
 """
@@ -148,13 +149,13 @@ class RayExecutor(Executor):
         import ray
 
         self.started_ray = _connect(self.config)
-        _check_cluster_fits(self.config)
+        pool = _actors_that_fit(self.config)
         study_data, base_dir, space_dict = worker_study(self.config)
         config = self.config
         self.options = {"num_cpus": config.resources.cpus, "num_gpus": config.resources.gpus, "max_restarts": 0}
         self.remote_class = ray.remote(TrialWorker)
         self.args = (study_data, base_dir)
-        self.slots = [self._spawn() for _ in range(config.max_concurrent)]
+        self.slots = [self._spawn() for _ in range(pool)]
         try:  # every actor builds its Evaluator at once; each trial then records where it ran
             descriptions = ray.get([slot.handle.describe.remote() for slot in self.slots])
         except ray.exceptions.RayError as exc:
@@ -223,20 +224,29 @@ class RayExecutor(Executor):
             self.started_ray = False
 
 
-def _check_cluster_fits(config) -> None:
+def _actors_that_fit(config) -> int:
+    """How many actors the pool gets: ``max_concurrent``, or fewer where the cluster's resources
+    hold fewer. NOTE: an actor that does not fit waits for resources forever, and ``start``
+    waits for every actor's Evaluator, so a pool larger than the cluster would hang the study
+    (a 1-CPU head with the default two 1-CPU actors did)."""
     import ray
 
     total = ray.cluster_resources()
+    pool = config.max_concurrent
     for key, per_trial in (("CPU", config.resources.cpus), ("GPU", config.resources.gpus)):
-        if per_trial and total.get(key, 0) < per_trial:
+        if not per_trial:
+            continue
+        fits = math.floor(total.get(key, 0) / per_trial + 1e-9)  # 2 // 0.1 is 19.0
+        if fits < 1:
             raise PressoError(
                 f"ray: each trial asks for {per_trial:g} {key} (study.resources) but the cluster has "
                 f"{total.get(key, 0):g}; lower study.resources.{key.lower()}s or add nodes"
             )
-        if per_trial and total.get(key, 0) < per_trial * config.max_concurrent:
-            fits = int(total.get(key, 0) // per_trial)
+        if fits < pool:
             print(f"warning: the cluster has {total.get(key, 0):g} {key}, so {fits} of the "
                   f"{config.max_concurrent} concurrent trials (max_concurrent) can run at once")
+            pool = fits
+    return pool
 
 
 def run_study_ray(config, **kwargs):

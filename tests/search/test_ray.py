@@ -90,3 +90,26 @@ def test_a_study_on_a_local_ray_cluster(workdir, capsys):
     assert main(["export", "--study", "on-ray", "--storage", url, "--pick", "min size_fraction", "-o", "p.yaml"]) == 0
     assert main(["status", "--study", "on-ray", "--storage", url]) == 0
     assert "complete" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300, method="thread")  # a hang in ray.get: the signal method cannot stop it
+def test_a_pool_larger_than_the_cluster_holds_only_the_actors_that_fit(workdir, capsys):
+    """Two 1-CPU actors asked of a 1-CPU cluster: the second could never start, and the study
+    waited for it forever (a Ray Job on a 1-CPU head did). The pool now holds the one that fits."""
+    import ray
+
+    from presso.search import load_existing_study, study_from_dict, trial_rows
+    from presso.search.ray_backend import run_study_ray
+
+    url = f"sqlite:///{workdir}/studies.db"
+    config = study_from_dict({**STUDY, "name": "small-cluster", "storage": url, "trials": 3}, base_dir=str(workdir))
+    ray.init(num_cpus=1, include_dashboard=False)
+    try:
+        summary = run_study_ray(config, progress=False)
+    finally:
+        ray.shutdown()
+    assert "so 1 of the 2 concurrent trials" in capsys.readouterr().out
+    rows = trial_rows(load_existing_study("small-cluster", url))
+    assert summary.counted == len(rows) == 3 and not summary.interrupted
+    assert len({r.user_attrs["worker"] for r in rows}) == 1
