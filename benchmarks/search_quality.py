@@ -70,8 +70,8 @@ from presso.search import (  # noqa: E402
     load_existing_study,
     pareto_rows,
     run_study,
+    trial_rows,
 )
-from presso.search._records import trial_rows  # noqa: E402
 from presso.targets import get_target  # noqa: E402
 from targets import llama_quantize, stock_plan  # noqa: E402  (one stock-recipe maker for the benchmarks)
 
