@@ -28,8 +28,10 @@ stock recipe's file size, the held-out quality gap to dense of the best plan on 
 larger than that file. "Gap" is ppl_ratio - 1 (perplexity relative to the dense model's on the
 same slice) or 1 - embedding_cosine. The targets checked (issue 14): at every stock recipe below
 Q4_1's size on SmolLM2 (its weights came from a Q4_1 GGUF, so Q4_1 reproduces them: no credit
-there) and at every stock recipe on MiniLM, Presso's gap is at most half the recipe's; and
-Presso's held-out hypervolume is above random search with 3x the trials on every seed.
+there) and at every stock recipe on MiniLM, Presso's gap is at most half that of the best stock
+recipe of equal or larger file size (on SmolLM2 among those below Q4_1's size); and Presso's
+held-out hypervolume is above random search with 3x the trials on every seed. The table also
+gives each recipe's own gap, for the plain per-recipe comparison.
 
 Evaluation is deterministic, so a plan measured by one arm is not measured again by another (a
 cache keyed by the plan); each arm is still charged what its plans cost when measured.
@@ -354,6 +356,14 @@ def best_gap(setup: ModelSetup, front: list[Scored], slice_name: str, max_bytes:
     return min(fits) if fits else None
 
 
+def best_stock_gap(setup: ModelSetup, stock: list, slice_name: str, min_bytes: int, cap: int | None) -> float:
+    """The lowest gap of the stock files of at least ``min_bytes`` (issue 14 compares a plan with
+    the best stock recipe of equal or larger size); with ``cap`` (SmolLM2's Q4_1, which reproduces
+    its weights) a size below the cap is compared with the stock files below the cap only."""
+    files = [s for s in stock if s.bytes >= min_bytes and (cap is None or min_bytes >= cap or s.bytes < cap)]
+    return min(gap_of(setup, s.heldout[slice_name]) for s in files)
+
+
 def spread(values: list[float | None], digits: int = 4) -> str:
     """``median [min, max]`` over seeds; '-' for a seed whose front has no plan that small."""
     known = [v for v in values if v is not None]
@@ -386,6 +396,10 @@ def report(result: dict) -> str:
     def hv(points):
         return hypervolume(points, reference, directions)
 
+    best_note = ("best stock >= this size: the lowest gap of the stock files at least this large" +
+                 (f" and below {setup.credit_below}'s size, which reproduces the weights" if cap else "") +
+                 "; issue 14's target is Presso's gap at most half of it")
+
     # hypervolume per arm
     lines += [f"Hypervolume of each front re-scored on {main_slice} (reference: {setup.quality} = "
               f"{reference[0]}, size = {safe.name}, {reference[1]:.4f} of dense), median [min, max] over seeds; "
@@ -412,39 +426,53 @@ def report(result: dict) -> str:
 
     # gap at every stock size
     for slice_name in slices:
-        head = "| stock recipe | file bytes | of dense | gap | " + " | ".join(f"{a}: best gap <= this size" for a in result["arms"])
-        lines += [f"Gap to dense on {slice_name} at each stock recipe's size (searches: median [min, max] over seeds):", "",
-                  head + " | Presso / stock |", "|---|---:|---:|---:|" + "---:|" * len(result["arms"]) + "---:|"]
+        head = ("| stock recipe | file bytes | of dense | gap | best stock >= this size | "
+                + " | ".join(f"{a}: best gap <= this size" for a in result["arms"]))
+        lines += [f"Gap to dense on {slice_name} at each stock recipe's size (searches: median [min, max] over seeds; "
+                  f"{best_note}):", "",
+                  head + " | Presso / stock | Presso / best stock >= |",
+                  "|---|---:|---:|---:|---:|" + "---:|" * len(result["arms"]) + "---:|---:|"]
         for s in sorted(stock, key=lambda s: -s.bytes):
             g = gap_of(setup, s.heldout[slice_name])
+            best = best_stock_gap(setup, stock, slice_name, s.bytes, cap)
             cells = []
             for arm in result["arms"]:
                 cells.append(spread([best_gap(setup, r.front, slice_name, s.bytes) for r in runs if r.arm == arm]))
             presso = [best_gap(setup, r.front, slice_name, s.bytes) for r in runs if r.arm == "presso"]
             known = [p for p in presso if p is not None]
             ratio = f"{statistics.median(known) / g:.2f}x" if known and g > 0 else "-"
-            lines.append(f"| {s.name} | {s.bytes:,} | {s.fraction:.4f} | {g:.4f} | " + " | ".join(cells) + f" | {ratio} |")
+            ratio_best = f"{statistics.median(known) / best:.2f}x" if known and best > 0 else "-"
+            lines.append(f"| {s.name} | {s.bytes:,} | {s.fraction:.4f} | {g:.4f} | {best:.4f} | " + " | ".join(cells)
+                         + f" | {ratio} | {ratio_best} |")
         lines.append("")
 
-    # targets
-    checks = []
-    for s in sorted(stock, key=lambda s: -s.bytes):
-        if cap is not None and s.bytes >= cap:
-            continue
-        g = gap_of(setup, s.heldout[main_slice])
-        presso = [best_gap(setup, r.front, main_slice, s.bytes) for r in runs if r.arm == "presso"]
-        met = sum(p is not None and p <= 0.5 * g for p in presso)
-        checks.append((f"gap at <= {s.name}'s {s.bytes:,} bytes at most half its {g:.4f}",
-                       met == len(presso), f"{met} of {len(presso)} seeds; Presso {spread(presso)}"))
-    if "random3" in result["arms"]:
-        pairs = [(hv_by["presso"][seed], hv_by["random3"][seed]) for seed in result["seeds"]]
-        checks.append(("held-out hypervolume above random search with 3x the trials on every seed",
-                       all(p > r for p, r in pairs), ", ".join(f"{p:.5f} vs {r:.5f}" for p, r in pairs)))
+    # targets: the issue's reading (the best stock recipe of equal or larger size) and the plain
+    # per-recipe one (each recipe against the plans no larger than it)
+    credited = [s for s in sorted(stock, key=lambda s: -s.bytes) if cap is None or s.bytes < cap]
     where = (f"below {setup.credit_below}'s size ({cap:,} bytes; {setup.credit_below} reproduces SmolLM2's weights)"
              if cap else "at every stock size")
-    lines += [f"Targets on {main_slice}, {where}:", ""]
-    for text, ok, shown in checks:
-        lines.append(f"- {text}: **{'met' if ok else 'NOT met'}** ({shown})")
+    lines += [f"Targets on {main_slice}, {where} ({len(credited)} stock files):", ""]
+    for label, bar in (("half the best stock gap at equal or larger size (issue 14)",
+                        lambda s: best_stock_gap(setup, stock, main_slice, s.bytes, cap)),
+                       ("half the recipe's own gap", lambda s: gap_of(setup, s.heldout[main_slice]))):
+        missed = []
+        for s in credited:
+            presso = [best_gap(setup, r.front, main_slice, s.bytes) for r in runs if r.arm == "presso"]
+            met = sum(p is not None and p <= 0.5 * bar(s) for p in presso)
+            if met < len(presso):
+                missed.append(f"{s.name} (needs <= {0.5 * bar(s):.5f}; Presso {spread(presso)}, {met} of {len(presso)} seeds)")
+        n_missed = len(missed)
+        if n_missed > 6:  # the table above has every size
+            missed = missed[:3] + [f"{n_missed - 6} more"] + missed[-3:]
+        verdict = "met" if not missed else "NOT met"
+        lines.append(f"- gap at most {label} on every seed: **{verdict}**, at {len(credited) - n_missed} of "
+                     f"{len(credited)} stock sizes" + ("; missed at " + ", ".join(missed) if missed else ""))
+    if "random3" in result["arms"]:
+        pairs = [(hv_by["presso"][seed], hv_by["random3"][seed]) for seed in result["seeds"]]
+        above = sum(p > r for p, r in pairs)
+        lines.append(f"- held-out hypervolume above random search with 3x the trials on every seed: "
+                     f"**{'met' if above == len(pairs) else 'NOT met'}** ({above} of {len(pairs)} seeds: "
+                     + ", ".join(f"{p:.5f} vs {r:.5f}" for p, r in pairs) + ")")
 
     # the plans
     lines += ["", f"Presso's re-scored fronts (seed {result['seeds'][0]}): trial, of F32, held-out {setup.quality} per slice, "
