@@ -385,7 +385,8 @@ def report(result: dict) -> str:
     reference = (setup.quality_floor, safe.fraction)
     cap = None
     if setup.credit_below and gguf:  # the Q4_1 trap is a ggml block format's
-        cap = next(s.bytes for s in stock if s.name == f"llama.cpp {setup.credit_below}")
+        # every file of that type, with or without an importance matrix (their metadata differ by bytes)
+        cap = min(s.bytes for s in stock if s.name in (f"llama.cpp {setup.credit_below}", f"{setup.credit_below} + imatrix"))
     gap_label = "ppl_ratio - 1" if setup.direction == "minimize" else "1 - cosine"
     runtime = "llama.cpp" if gguf else "torch with the weights transformers loads"
     lines = [f"### {setup.ref}, target {result['target']} ({setup.spaces[result['target']]}); quality {setup.quality}", "",
