@@ -14,7 +14,7 @@ from presso.compress._formats import dequantize_rows, quantize_rows, row_nbytes
 from presso.compress._ggml_gptq import gptq_blocks
 from presso.compress._prune import mask_from_ranks, prune_mask
 from presso.compress._size import module_specs, unique_state
-from presso.compress.quantizers import get_quantizer
+from presso.compress.quantizers import LayerCache, get_quantizer
 from presso.errors import PressoError
 from presso.plan import LayerConfig, PruneCriterion, QuantConfig, SparsityConfig
 
@@ -58,7 +58,8 @@ class WeightErrors:
         prune: per sparsity asked for, the error of pruning alone (0 for an inactive one).
         quant: per quant config asked for, the error of quantizing alone (0 for an inactive one
             or one whose group size does not divide a module's inputs).
-        dense: the same sum over the dense weights (``sum W^2 ||X||^2``), to make them relative.
+        dense: the same sum over the dense weights (``sum W^2 ||X||^2``; through the Hessian where
+            quantization errors are), to make them relative.
     """
 
     prune: list[float]
@@ -68,13 +69,22 @@ class WeightErrors:
 
 @torch.no_grad()
 def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[SparsityConfig],
-                    quants: list[QuantConfig], criterion: PruneCriterion) -> WeightErrors:
+                    quants: list[QuantConfig], criterion: PruneCriterion, cache: LayerCache | None = None
+                    ) -> WeightErrors:
     """The Wanda/OBS proxy of the output error each sparsity and each quant config would cause in
     ``modules`` (``{name: module}``), pruned as :func:`compress_` prunes and quantized by the
     registered quantizer of each config's method (with the layer statistics it would get), or
     by ggml for a config with a ``format`` (see :func:`format_errors`).
 
-    A module without input statistics (an embedding table) weights its columns equally.
+    Where ``stats`` hold a module's input Hessian, its quantization errors are output errors
+    ``sum_r dW_r H dW_r^T`` (so is ``dense``), as in :func:`format_errors` and for its reason. Pruning
+    errors stay the diagonal proxy; compare errors within one technique (the warm start scales
+    techniques apart). A module without input statistics (an embedding table) weights its
+    columns equally.
+
+    ``cache``: a :class:`~presso.compress.quantizers.LayerCache`; layers quantized by methods other
+    than ``rtn`` are looked up and stored there under the key :func:`compress_` uses, so a trial
+    of the same choice reuses them.
     """
     prune_err = [0.0] * len(sparsities)
     quant_err = [0.0] * len(quants)
@@ -86,13 +96,16 @@ def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[Spa
         norms = stats.sq_norms[name].to(w.device, torch.float32).unsqueeze(0) if name in stats.sq_norms \
             else torch.ones(1, w.shape[1], device=w.device)
         w2n = w.pow(2).mul_(norms)
+        hessian = stats.hessians.get(name) if stats.hessians is not None else None
+        if hessian is not None:
+            hessian = hessian.to(w.device, torch.float32)
         if formats:  # the reference in the formats' own measure (the warm start scales each technique apart)
             module_dense, errors = format_errors(name, module.weight, stats, [q for _, q in formats])
             for (i, _), err in zip(formats, errors):
                 quant_err[i] += err
             dense += module_dense
         else:
-            dense += float(w2n.sum())
+            dense += float(w2n.sum()) if hessian is None else _output_error(w, hessian)
         for i, sp in enumerate(sparsities):
             if not sp.active:
                 continue
@@ -105,10 +118,28 @@ def weighted_errors(modules: dict, stats: CalibrationStats, sparsities: list[Spa
         for i, q in enumerate(quants):
             if not q.active or q.format is not None or (q.group_size and w.shape[1] % q.group_size):
                 continue
-            layer = stats.layer_stats(name) if name in stats.sq_norms else None  # what compress_ hands the handler
-            diff = get_quantizer(q.method).quantize(w, q, layer).dequantize().sub_(w)
-            quant_err[i] += float(diff.pow_(2).mul_(norms).sum())
+            diff = _quantized(name, module.weight, q, stats, criterion, cache).dequantize().sub_(w)
+            quant_err[i] += float(diff.pow_(2).mul_(norms).sum()) if hessian is None else _output_error(diff, hessian)
     return WeightErrors(prune=prune_err, quant=quant_err, dense=dense)
+
+
+def _output_error(delta: torch.Tensor, hessian: torch.Tensor) -> float:
+    """``sum_r delta_r H delta_r^T``: the squared output error over the calibration inputs."""
+    return float(((delta @ hessian) * delta).sum())
+
+
+def _quantized(name, weight, q: QuantConfig, stats: CalibrationStats, criterion, cache: LayerCache | None):
+    """``weight`` quantized under ``q`` alone as :func:`compress_` quantizes it (through ``cache``)."""
+    w = weight.detach().to(torch.float32)
+    layer = stats.layer_stats(name) if name in stats.sq_norms else None  # what compress_ hands the handler
+    if q.method == "rtn" or cache is None:  # compress_ caches no rtn layer: it costs less than a lookup
+        return get_quantizer(q.method).quantize(w, q, layer)
+    key = LayerCache.key(name, LayerConfig(quant=q), criterion)
+    layout = cache.get(key, weight)
+    if layout is None:
+        layout = get_quantizer(q.method).quantize(w, q, layer)
+        cache.put(key, weight, layout)
+    return layout
 
 
 SAMPLED_ROWS = 256

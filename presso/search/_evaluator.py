@@ -106,6 +106,14 @@ class CompressionAssets:
             self._stats[key] = stats
         return self._stats[key]
 
+    def quantized_layers(self):
+        """The worker's :class:`~presso.compress.quantizers.LayerCache` (made on first need)."""
+        from presso.compress.quantizers import LayerCache
+
+        if self.layer_cache is None:  # not `or`: an empty cache is falsy (it has a length)
+            self.layer_cache = LayerCache()
+        return self.layer_cache
+
     def kwargs_for(self, plan) -> dict:
         from presso.compress import TeacherCache
 
@@ -114,10 +122,7 @@ class CompressionAssets:
         if plan.needs_calibration:
             kwargs["calibration"] = self.calibration(*key, hessians=plan.needs_hessians)
         if any(c.quant.active and c.quant.method != "rtn" for c in plan.layers.values()):
-            from presso.compress.quantizers import LayerCache
-
-            self.layer_cache = self.layer_cache or LayerCache()
-            kwargs["cache"] = self.layer_cache
+            kwargs["cache"] = self.quantized_layers()
         if any(c.quant.format is not None for c in plan.layers.values()):
             from presso.compress import FormatCache
 

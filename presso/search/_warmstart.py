@@ -13,8 +13,9 @@ Sources, in the order they are enqueued (duplicates are enqueued once):
    * each unit-choice's relative weight damage comes from the weights alone: the
      activation-weighted squared error ``sum_ij (W - W_hat)_ij^2 * ||X_j||^2`` (the Wanda/OBS
      proxy of the output error) over its dense value, kept apart for pruning and quantization;
-     in a space of ggml formats, the error of ggml's own blocks (GPTQ inside them where the
-     choice says so) through the layer's input Hessian, ``sum_r dW_r H dW_r^T``;
+     in a space of ggml formats or with GPTQ on offer, quantization errors are output errors
+     through the layer's input Hessian, ``sum_r dW_r H dW_r^T`` (ggml's own blocks, GPTQ inside
+     them where the choice says so): the diagonal proxy would rank GPTQ no better than RTN;
    * each unit's sensitivity is measured once per technique, on the short (low-fidelity) text:
      the quality loss when ONLY that unit is pruned as hard as the space allows, and when only
      that unit is quantized as coarsely as it allows; loss per unit of error gives each unit
@@ -28,7 +29,8 @@ Sources, in the order they are enqueued (duplicates are enqueued once):
      (Unrestricted allocations drifted to extremes the additive model mispredicts.)
 
 3. ``uniform``: a few uniform plans (every unit the same choice, or the nearest a group offers)
-   spread evenly over their sizes, the smallest and the largest included.
+   spread evenly over their sizes, the smallest and the largest included; of plans with equal
+   size (one grid under two methods) the one with the least estimated error.
 
 The ``uniform`` sampler is not warm-started: it walks every uniform plan itself.
 
@@ -127,25 +129,56 @@ def enqueue_warm_start(study, config, evaluator, storage_url: str | None = None)
 def spread_by_size(combos, bound, evaluator, count: int) -> list[dict]:
     """``count`` of the uniform ``combos`` evenly spread over their stored sizes, the smallest and
     the largest that compresses anything included: the corners of the front, which later
-    mutations cannot reach quickly (the uncompressed plan is no seed: the dense model's point)."""
+    mutations cannot reach quickly (the uncompressed plan is no seed: the dense model's point).
+
+    Combos of equal size (the same grid under rtn and gptq) count once, as the one with the
+    least estimated error (see :func:`_least_error`): the first listed would seed RTN at every
+    4-bit size of a space where GPTQ is on offer."""
     import torch
 
     from presso.compress import stored_weight_bytes
 
     shapes = {name: (shape, getattr(torch, dtype)) for name, (shape, dtype) in evaluator.weight_shapes.items()}
-    sizes = {}
-    for i, combo in enumerate(combos):
+    by_size: dict[int, list] = {}
+    for combo in combos:
         params = bound.params_for(combo)
         plan = bound.sample(lambda name, domain, params=params: params[name])
         if any(cfg.sparsity.active or cfg.quant.active for cfg in plan.layers.values()):
-            sizes[i] = sum(stored_weight_bytes(cfg, *shapes[m], plan.criterion)
-                           for m, cfg in plan.layers.items() if m in shapes)
-    ordered = [combos[i] for i in sorted(sizes, key=sizes.get)]
+            size = sum(stored_weight_bytes(cfg, *shapes[m], plan.criterion) for m, cfg in plan.layers.items()
+                       if m in shapes)
+            by_size.setdefault(size, []).append((combo, plan))
+    ordered = [tied[0][0] if len(tied) == 1 else _least_error(evaluator, tied)
+               for _, tied in sorted(by_size.items())]
     if count >= len(ordered):
         return ordered
     if count == 1:
         return [ordered[len(ordered) // 2]]
     return [ordered[round(i * (len(ordered) - 1) / (count - 1))] for i in range(count)]
+
+
+def _least_error(evaluator, tied: list[tuple[dict, object]]) -> dict:
+    """The combo of ``[(combo, plan), ...]`` whose plan has the least relative activation-weighted
+    error summed over its modules (quantization errors through the input Hessians when a plan's
+    method needs them, so GPTQ is credited for the output error it saves)."""
+    from presso.compress import target_modules, weighted_errors
+
+    stats = _calibration(evaluator, [cfg.quant for _, plan in tied for cfg in plan.layers.values()])
+    modules = target_modules(evaluator.loaded.model)
+    cache = evaluator.assets.quantized_layers()
+
+    def error(plan) -> float:
+        by_config: dict = {}
+        for name, cfg in plan.layers.items():
+            by_config.setdefault(cfg, []).append(name)
+        total = dense = 0.0
+        for cfg, names in by_config.items():
+            e = weighted_errors({m: modules[m] for m in names}, stats, [cfg.sparsity], [cfg.quant], plan.criterion,
+                                cache)
+            total += e.prune[0] + (1.0 - cfg.sparsity.amount) * e.quant[0]
+            dense += e.dense
+        return total / max(dense, 1e-30)
+
+    return min(tied, key=lambda pair: error(pair[1]))[0]
 
 
 # -- from an earlier study --------------------------------------------------------------------
@@ -186,14 +219,14 @@ def front_params(name: str, storage_url: str, bound, notes: list[str]) -> list[t
 
 # -- sensitivity-guided allocation ------------------------------------------------------------
 
-def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
+def _weighted_errors(unit, choices, modules, stats, criterion, cache=None) -> None:
     """Fill each choice's relative activation-weighted error (pruning + quantization, added)."""
     from presso.compress import weighted_errors
 
     sparsities = {(c.config.sparsity.amount, c.config.sparsity.structure): c.config.sparsity for c in choices}
     quants = {c.config.quant: c.config.quant for c in choices}
     errors = weighted_errors({m: modules[m] for m in unit.modules}, stats, list(sparsities.values()),
-                             list(quants.values()), criterion)
+                             list(quants.values()), criterion, cache)
     prune_err = dict(zip(sparsities, errors.prune))
     quant_err = dict(zip(quants, errors.quant))
     total = max(errors.dense, 1e-30)
@@ -202,6 +235,17 @@ def _weighted_errors(unit, choices, modules, stats, criterion) -> None:
         c.prune_error = prune_err[(sp.amount, sp.structure)] / total
         c.quant_error = (1.0 - sp.amount) * quant_err[q] / total
         c.error = c.prune_error + c.quant_error
+
+
+def _calibration(evaluator, quants):
+    """The calibration statistics errors are measured with: with input Hessians when one of the
+    ``quants`` has a ggml format (measured through them, see format_errors) or a method that
+    needs them (GPTQ's gain shows only in the output error); trials of such a space collect
+    them anyway."""
+    base_plan = evaluator.bound.space.base_plan({}, model=evaluator.config.model)
+    hessians = any(q.format is not None or q.needs == "hessian" for q in quants)
+    return evaluator.assets.calibration(base_plan.calibration_samples, base_plan.calibration_seq_len,
+                                        hessians=hessians)
 
 
 def _probes(choices) -> dict[str, UnitChoice | None]:
@@ -260,20 +304,15 @@ def sensitivity_plans(evaluator, count: int) -> tuple[list[tuple[dict, dict]], d
     base_plan = bound.space.base_plan({}, model=evaluator.config.model)
     criterion = base_plan.criterion
     modules = target_modules(evaluator.loaded.model)
-    # ggml formats' errors are measured through the layers' input Hessians (see format_errors),
-    # which the trials of a format space with GPTQ collect anyway.
-    formats = any(f is not None for unit in bound.units for f in unit.group.format.grid())
-    stats = evaluator.assets.calibration(base_plan.calibration_samples, base_plan.calibration_seq_len,
-                                         hessians=formats)
     units = list(bound.units)
-    per_unit = []
-    for unit in units:
-        choices = choices_of(unit)
+    per_unit = [choices_of(unit) for unit in units]
+    stats = _calibration(evaluator, [c.config.quant for choices in per_unit for c in choices])
+    cache = evaluator.assets.quantized_layers()  # GPTQ layers quantized here serve the trials too
+    for unit, choices in zip(units, per_unit):
         for c in choices:
             c.size = sum(stored_weight_bytes(c.config, tuple(modules[m].weight.shape), modules[m].weight.dtype,
                                              criterion) for m in unit.modules)
-        _weighted_errors(unit, choices, modules, stats, criterion)
-        per_unit.append(choices)
+        _weighted_errors(unit, choices, modules, stats, criterion, cache)
     if all(len(ch) < 2 for ch in per_unit):
         raise PressoError("every unit has a single choice; nothing to allocate")
 
@@ -287,7 +326,7 @@ def sensitivity_plans(evaluator, count: int) -> tuple[list[tuple[dict, dict]], d
     scales = []
     for unit, choices in zip(units, per_unit):
         probes = _probes(choices)
-        _weighted_errors(unit, [p for p in probes.values() if p is not None], modules, stats, criterion)
+        _weighted_errors(unit, [p for p in probes.values() if p is not None], modules, stats, criterion, cache)
         unit_scales = {}
         for kind, probe in probes.items():
             if probe is None:

@@ -9,6 +9,7 @@ import torch
 from presso.compress import (CalibrationStats, collect_calibration, compress_, dense_nbytes, fixed_nbytes,
                              format_errors, stored_weight_bytes, target_modules, weighted_errors)
 from presso.compress._formats import dequantize_rows, quantize_rows
+from presso.compress.quantizers import LayerCache
 from presso.plan import LayerConfig, Plan, PruneCriterion, QuantConfig, SparsityConfig
 
 MODULES = ("model.layers.0.mlp.up_proj", "model.layers.1.mlp.down_proj")  # [128, 64] and [64, 128]
@@ -63,6 +64,33 @@ def test_weighted_errors_are_those_of_the_compressed_weights(llama, ids):
     for q, err in zip(quants[1:3], errors.quant[1:3]):
         assert err == pytest.approx(measured(LayerConfig(quant=q)), rel=1e-5)
     assert 0 < errors.quant[1] < errors.quant[2] < errors.dense
+
+
+def test_quant_errors_are_output_errors_where_hessians_were_collected(llama, ids):
+    """With input Hessians, quantization errors are the output errors of what compress_ leaves,
+    so GPTQ's gain over RTN shows; GPTQ layers measured through a cache are the ones compress_
+    then reuses."""
+    stats = collect_calibration(llama, ids, hessians=True)
+    dense = target_modules(llama)
+    quants = [QuantConfig(bits=4, group_size=32), QuantConfig(bits=4, group_size=32, method="gptq")]
+    cache = LayerCache()
+    errors = weighted_errors({m: dense[m] for m in MODULES}, stats, [SparsityConfig(0.0)], quants,
+                             PruneCriterion.WANDA, cache)
+
+    def output_error(weights):
+        return sum(float(((weights[m] @ stats.hessians[m]) * weights[m]).sum()) for m in MODULES)
+
+    assert errors.dense == pytest.approx(output_error({m: dense[m].weight.detach() for m in MODULES}), rel=1e-5)
+    assert len(cache) == len(MODULES)  # the GPTQ layers (RTN's cost less than a lookup)
+    for q, err in zip(quants, errors.quant):
+        model = copy.deepcopy(llama)
+        compress_(model, Plan(layers={m: LayerConfig(quant=q) for m in MODULES}, criterion="wanda"),
+                  calibration=stats, cache=cache)
+        after = target_modules(model)
+        assert err == pytest.approx(output_error({m: after[m].weight.detach() - dense[m].weight.detach()
+                                                  for m in MODULES}), rel=1e-4), q
+    assert cache.hits == len(MODULES)
+    assert 0 < errors.quant[1] < errors.quant[0] < errors.dense
 
 
 def test_fixed_bytes_are_the_dense_bytes_less_the_chosen_weights(llama):

@@ -106,6 +106,27 @@ def test_per_group_seed_moves_a_sensitive_table_off_the_recipe():
     assert bits["per-group, at most 450 bytes"] == [8, 4, 4]
 
 
+RTN_OR_GPTQ = {  # one grid under two methods: every uniform plan has an equal-size twin
+    "defaults": {"calibration_samples": 4, "calibration_seq_len": 32},
+    "groups": [{"name": "all", "modules": ["re:.*\\.(\\d+)\\..*"], "tie": "block",
+                "bits": [2, 4, 8], "group_size": [32], "method": ["rtn", "gptq"]}],
+}
+
+
+def test_uniform_seeds_of_equal_size_are_the_method_with_less_error(tmp_path):
+    """The uniform seeds are GPTQ at every size (its output error is the smaller), not the first
+    listed method; and the sensitivity-guided plans choose GPTQ too, measured through the
+    Hessians the warm start now collects."""
+    from presso.search._warmstart import sensitivity_plans, spread_by_size
+
+    evaluator = Evaluator(config(tmp_path, space=RTN_OR_GPTQ))
+    seeds = spread_by_size(evaluator.bound.uniform_choices(), evaluator.bound, evaluator, 3)
+    assert [(c["bits"], c["method"]) for c in seeds] == [(2, "gptq"), (4, "gptq"), (8, "gptq")]
+    plans, _ = sensitivity_plans(evaluator, 2)
+    methods = {v for params, _ in plans for k, v in params.items() if k.endswith("/method")}
+    assert methods == {"gptq"}
+
+
 def test_new_study_enqueues_sensitivity_then_uniform_plans(tmp_path):
     cfg = config(tmp_path, trials=10)
     run_study(cfg, progress=False)
