@@ -340,21 +340,20 @@ def _warm_start(study, config: StudyConfig, view, executor) -> None:
     """Seed a new study (see :mod:`presso.search._warmstart`): an earlier study's front, then
     sensitivity-guided plans, then a few spread-out uniform plans, as ``config.warm_start``
     says (the ``uniform`` sampler walks every uniform plan). The driver maps the earlier front
-    and picks the uniform plans from its view; the sensitivity probes need the model, so they
-    run as a job on the executor. What was enqueued is kept in the study's ``warm_start``
-    user attribute; notes (plans mapped or skipped) are printed."""
+    from its view (it reads the storage); the sensitivity probes and the uniform plans (equal
+    sizes are told apart by their weight errors) need the model, so they run as a job on the
+    executor. What was enqueued is kept in the study's ``warm_start`` user attribute; notes
+    (plans mapped or skipped) are printed."""
     from dataclasses import replace
 
     from presso.search._jobs import SeedJob, run_job
     from presso.search._warmstart import WarmStartReport
 
     warm = config.warm_start
-    if warm.sensitivity and config.sampler != "uniform":
-        parts = [run_job(view, SeedJob(replace(warm, sensitivity=False, uniform=False), config.storage)),
-                 executor.run(SeedJob(replace(warm, from_study=None, uniform=False))),
-                 run_job(view, SeedJob(replace(warm, from_study=None, sensitivity=False)))]
-    else:
-        parts = [run_job(view, SeedJob(warm, config.storage))]
+    parts = [run_job(view, SeedJob(warm if config.sampler == "uniform" else replace(warm, sensitivity=False,
+                                                                                    uniform=False), config.storage))]
+    if config.sampler != "uniform" and (warm.sensitivity or warm.uniform):
+        parts.append(executor.run(SeedJob(replace(warm, from_study=None))))
     report, seen = WarmStartReport(), set()
     for part in parts:
         for params, attrs in part.entries:
